@@ -192,7 +192,10 @@ _NOTE = re.compile(r"[（(][^（()）]*[)）]")
 
 
 def strip_editorial_notes(line: str) -> str:
-    """Remove parenthesised editorial notes such as ``(明年 一作：年年)``."""
+    """Remove parenthesised editorial notes such as ``(明年 一作：年年)``.
+
+    Notes may use ASCII or full-width parentheses, mixed, and may span lines.
+    """
     return _NOTE.sub("", line).strip()
 
 
@@ -208,7 +211,9 @@ def load_tang_poems() -> list[dict]:
     poems = []
     for group in raw["content"]:
         for poem in group["content"]:
-            lines = [strip_editorial_notes(p) for p in poem["paragraphs"]]
+            # A note can run over two paragraphs, so strip notes from the whole poem.
+            text = strip_editorial_notes("\n".join(poem["paragraphs"]))
+            lines = [line.strip() for line in text.split("\n")]
             poems.append(
                 {
                     "title": poem["chapter"],
