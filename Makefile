@@ -31,7 +31,7 @@ env:
 
 book: env
 	@rm -f _build/.book-ok
-	$(PY) -m jupyter_book build . --warningiserror --keep-going
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 	@echo "Open _build/html/index.html"
 
 test: env

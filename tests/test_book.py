@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_book_builds_executed_without_warnings():
     env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, "-m", "jupyter_book", "build", ".", "--warningiserror", "--keep-going"],
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", ".", "--warningiserror", "--keep-going"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
     )
     log = proc.stdout + proc.stderr
