@@ -22,7 +22,7 @@ endif
 
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: help env book test test-fast test-gpu lock clean
+.PHONY: help env book test test-fast test-gpu lock clean generate check-release collect grade feedback export grading-limits
 help:
 	@sed -n '3,5p' Makefile
 
@@ -54,3 +54,51 @@ lock:
 
 clean:
 	rm -rf _build .pytest_cache
+
+# ---- Instructor workflow ----
+# nbgrader's verbs on this course (see autograder/README.md):
+#   make generate [ASSIGNMENT=a02_rnn_from_scratch]   solutions/ -> assignments/ (+ gradebook entry)
+#   make check-release                                fail if assignments/ differs from a fresh generation
+#   make collect ASSIGNMENT=a01_... [ZIP=lms.zip]     LMS zip -> submitted/<student>/<assignment>/
+#   make grade ASSIGNMENT=a01_... [WORKERS=N] [DEVICE=cuda]   sandboxed engine -> gradebook.db + autograded/
+#   make feedback ASSIGNMENT=a01_...                  feedback/<student>/<assignment>/*.html
+#   make export                                       grades.csv
+ASSIGNMENT ?=
+WORKERS ?=
+DEVICE ?= cpu
+ZIP ?=
+# LMS file names: <student_id>_<assignment>.ipynb anywhere in the zip.
+COLLECT_REGEXP ?= .*?(?P<student_id>[A-Za-z0-9.@-]+)_(?P<file_id>a[0-9][0-9]_[A-Za-z0-9_]+\.ipynb)$$
+NBGRADER := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/nbgrader
+
+define need_assignment
+	@if [ -z "$(ASSIGNMENT)" ]; then echo "set ASSIGNMENT=aNN_name (one of: $$(ls solutions | tr '\n' ' '))"; exit 2; fi
+endef
+
+generate: env
+	$(PY) -m autograder.workflow generate $(ASSIGNMENT)
+
+check-release: env
+	$(PY) -m autograder.workflow check-release $(ASSIGNMENT)
+
+collect: env
+	$(need_assignment)
+	@if [ -n "$(ZIP)" ]; then \
+	  mkdir -p downloaded/$(ASSIGNMENT)/archive && cp "$(ZIP)" downloaded/$(ASSIGNMENT)/archive/ && \
+	  $(NBGRADER) zip_collect $(ASSIGNMENT) --force --FileNameCollector.named_regexp='$(COLLECT_REGEXP)'; \
+	fi
+	@ls -d submitted/*/$(ASSIGNMENT) 2>/dev/null | sed 's|^|collected: |' || echo "no submissions of $(ASSIGNMENT) under submitted/"
+
+grade: env
+	$(need_assignment)
+	$(PY) -m autograder grade $(ASSIGNMENT) --device $(DEVICE) $(if $(WORKERS),--workers $(WORKERS))
+
+feedback: env
+	$(need_assignment)
+	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force
+
+export: env
+	$(NBGRADER) export
+
+grading-limits: env
+	$(PY) -m autograder limits

@@ -85,6 +85,15 @@ class _Collector:
             self._session = self._factory()
         return self._session
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item):
+        # A back end may check its program before each test (the sandboxed
+        # runner re-pins deterministic numerics and seeds itself); a failure
+        # here fails the test, never passes it.
+        before = getattr(self._session, "before_test", None)
+        if before is not None:
+            before(item.nodeid.split("::")[-1])
+
     def pytest_runtest_logreport(self, report):
         name = report.nodeid.split("::")[-1]
         if report.when == "call" or report.outcome != "passed":
@@ -112,10 +121,13 @@ def _reason(report) -> str:
     return msg.strip().splitlines()[0][:400] if msg.strip() else "failed"
 
 
-def run_hidden_tests(assignment: str, session_factory, extra_args=()) -> dict[str, tuple[str, str]]:
-    """Run the hidden suite with ``sub`` from ``session_factory``; return name -> (outcome, reason)."""
+def run_hidden_tests(assignment: str, session_factory, extra_args=(), tests_file=None) -> dict[str, tuple[str, str]]:
+    """Run the hidden suite with ``sub`` from ``session_factory``; return name -> (outcome, reason).
+
+    ``tests_file`` overrides the suite's path (a course directory other than this repository).
+    """
     plugin = _Collector(session_factory)
-    args = [str(tests_path(assignment)), "-q", "-c", str(HERE / "pytest.ini"), "--rootdir", str(HERE),
+    args = [str(tests_file or tests_path(assignment)), "-q", "-c", str(HERE / "pytest.ini"), "--rootdir", str(HERE),
             "-p", "no:randomly", "--no-header", "-o", "console_output_style=classic", *extra_args]
     code = pytest.main(args, plugins=[plugin])
     if code not in (0, 1):  # 0 all passed, 1 some failed; anything else is our fault

@@ -1,0 +1,164 @@
+"""Write the engine's scores where nbgrader expects them.
+
+For each graded submission:
+
+* the gradebook (``gradebook.db``) gets the automatic score of every
+  autograded grade cell (``auto_score``, no manual grading needed), and the
+  manually graded answers and tasks are left for the grader
+  (``needs_manual_grade``);
+* ``autograded/<student>/<assignment>/<assignment>.ipynb`` is written: the
+  student's notebook with every cell the instructor owns (read-only cells,
+  test cells, grade metadata and points) restored from the release, deleted
+  grade cells put back, forged grade metadata dropped, and in each autograded
+  test cell one output that lists the hidden tests that scored it (name,
+  points, outcome and the failure reason, never their source).
+
+So formgrader, ``nbgrader generate_feedback`` and ``nbgrader export`` work
+unchanged. Points always come from the instructor's notebook.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import nbformat
+
+from . import notebook as nbmod
+
+
+def _md(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+
+
+def _listing(gid: str, points: float, report: dict) -> str:
+    tests = [t for t in report.get("tests", []) if t["grade_id"] == gid]
+    ran = [t for t in tests if t["outcome"] != "skipped"]
+    each = points / len(ran) if ran else 0.0
+    lines = [f"Hidden tests for {gid}: {report.get('scores', {}).get(gid, 0):g} / {points:g} points"]
+    for t in tests:
+        if t["outcome"] == "skipped":
+            lines.append(f"  {t['name']}: skipped (not counted)")
+        elif t["outcome"] == "passed":
+            lines.append(f"  {t['name']}: passed, {each:.2f} / {each:.2f}")
+        else:
+            reason = (t.get("reason") or t["outcome"]).replace("\n", " ")[:300]
+            lines.append(f"  {t['name']}: {t['outcome']}, 0.00 / {each:.2f} ({reason})")
+    problems = report.get("cell_problems") or {}
+    for cell, why in problems.items():
+        lines.append(f"  note: {cell}: {why}")
+    return "\n".join(lines) + "\n"
+
+
+def autograded_notebook(release_nb, submission_nb, report: dict):
+    """The notebook nbgrader's feedback and formgrader read (see the module docstring)."""
+    rel_cells = {}
+    for cell in release_nb.cells:
+        gid = _md(cell).get("grade_id")
+        if gid:
+            rel_cells[gid] = cell
+    count: dict[str, int] = {}
+    for cell in submission_nb.cells:
+        gid = _md(cell).get("grade_id")
+        if gid:
+            count[gid] = count.get(gid, 0) + 1
+    out_cells, seen = [], set()
+    rel_order = [(_md(c).get("grade_id"), c) for c in release_nb.cells]
+
+    def restore(gid):
+        rel = copy.deepcopy(rel_cells[gid])
+        if rel.cell_type == "code":
+            rel.outputs, rel.execution_count = [], None
+        return rel
+
+    def insert_missing_before(gid):
+        # Put back release grade cells that precede ``gid`` and were deleted.
+        for rgid, _ in rel_order:
+            if rgid is None or rgid in seen:
+                continue
+            if rgid == gid:
+                break
+            if count.get(rgid, 0) == 0:
+                out_cells.append(restore(rgid))
+                seen.add(rgid)
+
+    for cell in submission_nb.cells:
+        cell = copy.deepcopy(cell)
+        gid = _md(cell).get("grade_id")
+        if gid is None or gid not in rel_cells or gid in seen:
+            # A free cell, or forged / duplicated grade metadata: keep the content as a plain cell.
+            if "nbgrader" in cell.get("metadata", {}):
+                del cell.metadata["nbgrader"]
+            out_cells.append(cell)
+            continue
+        insert_missing_before(gid)
+        rel = rel_cells[gid]
+        rmd = _md(rel)
+        if rmd.get("locked") or (rmd.get("grade") and not rmd.get("solution")):
+            new = restore(gid)  # the instructor's cell, whatever the student did to it
+        else:
+            new = copy.deepcopy(rel)  # an answer: the student's text under the release's metadata
+            new.source = cell.source
+            if new.cell_type == "code":
+                new.outputs, new.execution_count = [], None
+        out_cells.append(new)
+        seen.add(gid)
+    insert_missing_before(None)
+    nb = copy.deepcopy(release_nb)
+    nb.cells = out_cells
+    points = {g.grade_id: g.points for g in nbmod.grade_cells(release_nb)}
+    for cell in nb.cells:
+        md = _md(cell)
+        if cell.cell_type == "code" and md.get("grade") and not md.get("solution") and md.get("grade_id") in points:
+            text = _listing(md["grade_id"], points[md["grade_id"]], report)
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    return nb
+
+
+def write_result(course: Path, assignment: str, student: str, report: dict, submission_path,
+                 db_url: str | None = None) -> None:
+    """Record one graded submission in the gradebook and in ``autograded/``."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    if report.get("status") != "graded":
+        return  # never turn a failure into a score
+    course = Path(course)
+    db_url = db_url or f"sqlite:///{course / 'gradebook.db'}"
+    release_path = course / "assignments" / assignment / f"{assignment}.ipynb"
+    release_nb = nbmod.read_notebook(release_path)
+    source_nb = nbmod.read_notebook(course / "solutions" / assignment / f"{assignment}.ipynb")
+    cells = nbmod.grade_cells(source_nb)
+    sub_dir = Path(submission_path).parent
+    timestamp = None
+    ts_file = sub_dir / "timestamp.txt"
+    if ts_file.exists() and ts_file.read_text().strip():
+        timestamp = ts_file.read_text().strip()
+
+    with Gradebook(db_url) as gb:
+        try:
+            gb.find_assignment(assignment)
+        except MissingEntry:
+            raise RuntimeError(f"assignment {assignment!r} is not in {db_url}; run `make generate` first") from None
+        gb.update_or_create_student(student)
+        kwargs = {"timestamp": timestamp} if timestamp else {}
+        gb.update_or_create_submission(assignment, student, **kwargs)
+        for cell in cells:
+            grade = gb.find_grade(cell.grade_id, assignment, assignment, student)
+            if cell.kind == "autograded":
+                grade.auto_score = float(report["scores"].get(cell.grade_id, 0.0))
+                grade.needs_manual_grade = grade.manual_score is not None
+            else:
+                grade.auto_score = None
+                grade.needs_manual_grade = True
+        gb.db.commit()
+
+    try:
+        sub_nb = nbmod.read_notebook(submission_path)
+    except nbmod.SubmissionFormatError:
+        sub_nb = nbformat.v4.new_notebook()
+    out_dir = course / "autograded" / student / assignment
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nbformat.write(autograded_notebook(release_nb, sub_nb, report), out_dir / f"{assignment}.ipynb")
+    if ts_file.exists():
+        shutil.copyfile(ts_file, out_dir / "timestamp.txt")

@@ -1,0 +1,303 @@
+"""The sandboxed grading engine: channel, isolation, limits, fail-closed scoring,
+determinism and the results store. (Engine-vs-in-process equivalence on every
+assignment, solution and wrong variant is in tests/test_assignments.py; attack
+submissions in tests/test_attacks.py.)"""
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from autograder import channel, engine
+from autograder import notebook as nbmod
+from autograder.api import Ref, StudentError
+
+REPO = Path(__file__).resolve().parent.parent
+ASSIGNMENTS = sorted(p.name for p in (REPO / "solutions").iterdir() if p.is_dir() and p.name[0] == "a")
+REAL = [a for a in ASSIGNMENTS if a != "a99_demo"] or ASSIGNMENTS
+
+
+# ---------------------------------------------------------------------------
+# The channel: data only, plain tensors
+# ---------------------------------------------------------------------------
+
+
+def _roundtrip(obj, ref_type=None):
+    header, blob = channel.encode(obj, ref_type)
+    return channel.decode(header, blob, ref_type)
+
+
+def test_channel_roundtrip_keeps_types_and_values():
+    t = torch.randn(2, 3, dtype=torch.float64)
+    obj = {"a": (t, [torch.arange(3), None, True, 3, 2.5, "s"]), "e": torch.zeros(0, 4), "n": float("nan"),
+           "dt": torch.float32, "dev": torch.device("cpu"), "r": Ref("h"), "b": t[:, 1]}
+    back = _roundtrip(obj, Ref)
+    assert type(back["a"]) is tuple and type(back["a"][1]) is list
+    assert torch.equal(back["a"][0], t) and back["a"][0].dtype == torch.float64
+    assert back["e"].shape == (0, 4) and back["dt"] is torch.float32 and back["r"] == Ref("h")
+    assert torch.equal(back["b"], t[:, 1]) and back["a"][1][2:] == [True, 3, 2.5, "s"]
+    assert back["n"] != back["n"]
+
+
+def test_channel_flattens_tensor_subclasses_and_rejects_objects():
+    class Sneaky(torch.Tensor):
+        def __eq__(self, other):
+            return True
+
+    back = _roundtrip(torch.ones(3).as_subclass(Sneaky))
+    assert type(back) is torch.Tensor
+    for bad in (object(), lambda: 0, {1, 2}, torch.nn.Linear(2, 2)):
+        with pytest.raises(TypeError):
+            channel.encode(bad)
+
+
+def test_channel_rejects_malformed_messages():
+    with pytest.raises(channel.ChannelError):
+        channel.decode(b'{"$t": 0}', b"")
+    with pytest.raises(channel.ChannelError):
+        channel.decode(b'{"$pickle": "gASV"}', b"")
+    with pytest.raises(channel.ChannelError):
+        channel.decode(b"not json", b"")
+    r, w = os.pipe()
+    os.write(w, b"XXXX" + b"\0" * 12)
+    with pytest.raises(channel.ChannelError):
+        channel.recv(r, timeout=1)
+    os.close(r), os.close(w)
+
+
+# ---------------------------------------------------------------------------
+# A runner driven directly
+# ---------------------------------------------------------------------------
+
+PROBES = '''
+import os, socket, time
+import torch
+
+def whoami():
+    return [os.getuid(), os.getcwd()]
+
+def visible(paths):
+    return [os.path.exists(p) for p in paths]
+
+def can_connect(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+def forks():
+    made = 0
+    for _ in range(300):  # bounded: at most 300 short-lived children even if the limit failed
+        try:
+            pid = os.fork()
+        except OSError:
+            break
+        if pid == 0:
+            time.sleep(0.5)
+            os._exit(0)
+        made += 1
+    return made
+
+def numerics():
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = True
+    return torch.are_deterministic_algorithms_enabled()
+
+def crash():
+    os._exit(3)
+
+def spin():
+    while True:
+        pass
+
+def add(a, b):
+    return a + b
+
+def forge(n):
+    # Write a reply of our own on every descriptor: the harness must not take it.
+    for fd in range(3, 64):
+        try:
+            os.write(fd, b"AGR1" + (10).to_bytes(4, "little") + (0).to_bytes(8, "little") + b'{"ok":true}')
+        except OSError:
+            pass
+    return n
+'''
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    cfg = engine.load_config(limits__request_seconds=5)
+    sb = engine.Sandbox(cfg, REPO)
+    sb.start()
+    yield sb
+    sb.stop()
+
+
+def _session(sandbox, source=PROBES):
+    program = nbmod.Program(cells=[("probes_impl", source)], answer_ids=["probes_impl"])
+    return engine.RemoteSession(sandbox, program, sandbox.cfg, time.monotonic() + 120)
+
+
+def test_runner_is_isolated(sandbox):
+    s = _session(sandbox)
+    try:
+        uid, cwd = s.call("whoami")
+        assert not cwd.startswith(str(REPO))
+        secrets = [str(p) for p in (REPO / "autograder" / "tests").glob("test_*.py")]
+        secrets += [str(REPO / "solutions"), str(REPO / "autograder" / "grading.py"), str(REPO / "nbgrader_config.py")]
+        if os.geteuid() == 0 and sandbox.caps.get("mounts"):
+            assert uid != 0
+            assert s.call("visible", secrets) == [False] * len(secrets)
+        if sandbox.caps.get("net"):
+            lst = socket.socket()
+            lst.bind(("127.0.0.1", 0))
+            lst.listen(1)
+            assert s.call("can_connect", lst.getsockname()[1]) is False
+            lst.close()
+    finally:
+        s.close()
+
+
+def test_process_cap_holds(sandbox):
+    s = _session(sandbox)
+    try:
+        made = s.call("forks")
+        if sandbox.uid is not None:  # a dedicated uid: RLIMIT_NPROC applies even though we are root
+            assert made < sandbox.cfg["limits"]["processes"]
+    finally:
+        s.close()
+    assert sandbox.sweep() == []
+
+
+def test_crash_and_timeout_fail_closed_then_runner_restarts(sandbox):
+    s = _session(sandbox)
+    try:
+        assert s.call("add", 1, 2) == 3
+        with pytest.raises(StudentError, match="runner process ended"):
+            s.call("crash")
+        assert s.call("add", 2, 2) == 4  # a fresh runner
+        t = time.monotonic()
+        with pytest.raises(StudentError, match="timed out"):
+            s.call("spin")
+        assert time.monotonic() - t < 30
+        assert s.call("add", 3, 2) == 5
+    finally:
+        s.close()
+
+
+def test_forged_reply_is_not_taken(sandbox):
+    s = _session(sandbox)
+    try:
+        with pytest.raises(StudentError):
+            s.call("forge", 7)
+    finally:
+        s.close()
+
+
+def test_numerics_are_pinned_before_each_test(sandbox):
+    s = _session(sandbox)
+    try:
+        s.before_test("test_x")
+        assert s.call("numerics") is False  # the student turned determinism off ...
+        s.before_test("test_y")  # ... and the harness pins it again (and checks it) before the next test
+        assert s._request("settings", "checking") == {"deterministic": True, "cudnn_benchmark": False,
+                                                      "matmul_tf32": False, "cudnn_tf32": False}
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------------------
+# Batches: infrastructure faults, the results store, regrades
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def course(tmp_path):
+    """A minimal course: one real assignment's source and hidden tests."""
+    a = REAL[0]
+    (tmp_path / "solutions" / a).mkdir(parents=True)
+    (tmp_path / "autograder" / "tests").mkdir(parents=True)
+    nbformat.write(nbmod.read_notebook(nbmod.source_path(a)), tmp_path / "solutions" / a / f"{a}.ipynb")
+    for f in ("conftest.py", f"test_{a}.py"):
+        (tmp_path / "autograder" / "tests" / f).write_bytes((REPO / "autograder" / "tests" / f).read_bytes())
+    return tmp_path, a
+
+
+def _first_test_per_grade_id(a):
+    import re
+
+    text = (REPO / "autograder" / "tests" / f"test_{a}.py").read_text()
+    names = re.findall(r"^def (test_\w+)\(", text, re.M)
+    firsts = {}
+    for n in names:
+        firsts.setdefault(n.split("__")[0], n)
+    return " or ".join(sorted(firsts.values()))
+
+
+@pytest.mark.slow
+def test_infrastructure_faults_are_retried_and_never_scored(course, tmp_path):
+    root, a = course
+    sol = str(root / "solutions" / a / f"{a}.ipynb")
+    extra = ["-k", _first_test_per_grade_id(a)]
+    cfg = engine.load_config(engine__retries=1)
+    marker = tmp_path / "faulted-once"
+
+    def die_once(job):  # the harness process dies on the first attempt only
+        if not marker.exists():
+            marker.write_text("x")
+            os._exit(9)
+
+    seen = []
+    res = engine.grade_batch([engine.Job(a, sol, "s1")], course=root, cfg=cfg, workers=1, extra_args=extra,
+                             progress=False, inject_fault=die_once, on_result=lambda j, r: seen.append(r))
+    rep = res["s1"]
+    assert rep["status"] == "graded" and rep["attempts"] == 2
+    assert rep["scores"] == rep["max_scores"] and len(seen) == 1
+    store = engine.ResultsStore(root / ".grading")
+    stored = list((root / ".grading" / a).glob("*.json"))
+    assert len(stored) == 1
+
+    def always_fail(job):
+        raise RuntimeError("the GPU fell off the bus")
+
+    res = engine.grade_batch([engine.Job(a, sol, "s1")], course=root, cfg=cfg, workers=1, extra_args=extra,
+                             progress=False, inject_fault=always_fail, force=True)
+    assert res["s1"]["status"] == "not graded" and res["s1"]["scores"] == {}
+    assert "GPU fell off" in res["s1"]["error"]
+    # The valid result is still there, unchanged, and a plain regrade reuses it.
+    assert json.loads(stored[0].read_text())["scores"] == rep["scores"]
+    again = engine.grade_batch([engine.Job(a, sol, "s1")], course=root, cfg=cfg, workers=1, extra_args=extra,
+                               progress=False)
+    assert again["s1"].get("cached") and again["s1"]["scores"] == rep["scores"]
+    assert store is not None
+
+
+@pytest.mark.slow
+def test_regrade_is_identical(course):
+    root, a = course
+    sol = str(root / "solutions" / a / f"{a}.ipynb")
+    extra = ["-k", _first_test_per_grade_id(a)]
+    cfg = engine.load_config()
+    runs = [engine.grade_batch([engine.Job(a, sol, "s")], course=root, cfg=cfg, workers=1, extra_args=extra,
+                               progress=False, force=True)["s"] for _ in range(2)]
+    strip = [{"scores": r["scores"], "tests": r["tests"]} for r in runs]
+    assert strip[0] == strip[1]
+
+
+def test_config_has_documented_defaults():
+    cfg = engine.load_config()
+    readme = (REPO / "autograder" / "README.md").read_text()
+    for section in cfg.values():
+        for key in section:
+            assert f"`{key}`" in readme, f"{key} is not documented in autograder/README.md"
+    with pytest.raises(ValueError):
+        bad = REPO / ".pytest_cache" / "bad-config.toml"
+        bad.parent.mkdir(exist_ok=True)
+        bad.write_text("[limits]\nno_such_limit = 1\n")
+        engine.load_config(bad)
