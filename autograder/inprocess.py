@@ -9,8 +9,10 @@ Grading uses the sandboxed runner instead.  Both back ends share
 
 from __future__ import annotations
 
+import contextlib
 import re
 import traceback
+import zlib
 from typing import Any
 
 import torch
@@ -93,6 +95,39 @@ class ProgramSession:
         self.ns = namespace
         self.cell_errors = cell_errors
         self.kept: dict[str, Any] = {}
+        self._rng = None  # the student's own RNG state, once a harness shares our process
+
+    # -- random numbers ----------------------------------------------------------
+    def before_test(self, name: str) -> None:
+        """Give the student's code its own random stream, seeded as a separate
+        runner seeds itself for test ``name``.
+
+        In the grading process the harness and the student's code share one
+        RNG; without this, a module's random initialisation would consume the
+        test's stream and shift every input the test draws afterwards, so the
+        two back ends would not see the same inputs.
+        """
+        cuda = torch.cuda.is_available()
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+            torch.manual_seed(zlib.crc32(name.encode()))
+            self._rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None)
+
+    @contextlib.contextmanager
+    def _student_rng(self):
+        """Run the student's code on its own stream; leave the harness's untouched."""
+        if self._rng is None:  # a runner process: the stream is the student's alone
+            yield
+            return
+        cuda = torch.cuda.is_available()
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+            cpu_state, cuda_state = self._rng
+            torch.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state_all(cuda_state)
+            try:
+                yield
+            finally:
+                self._rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None)
 
     # -- resolving names -----------------------------------------------------
     def _missing_reason(self, name: str) -> str:
@@ -157,7 +192,7 @@ class ProgramSession:
                 raise StudentError(f"kept object {param_grads_of!r} is not an nn.Module")
             module.zero_grad(set_to_none=True)
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), self._student_rng():
                 out = fn(*args, **kwargs)
                 if wrt or module is not None:
                     outs = _tensors(out)

@@ -19,40 +19,6 @@ TOL32 = dict(atol=2e-5, rtol=1e-4)
 needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 
 
-class _KeepRng:
-    """The ``sub`` fixture, but a call into the student's program never moves this process's RNG.
-
-    With the in-process back end the student's code (e.g. a module's random initialisation) would
-    otherwise consume the test's random stream, so the inputs drawn after it would differ from those
-    drawn when the program runs in a separate runner; both back ends must see the same inputs.
-    """
-
-    def __init__(self, sub):
-        self._sub = sub
-
-    def __getattr__(self, name):
-        attr = getattr(self._sub, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            cpu = torch.get_rng_state()
-            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                torch.set_rng_state(cpu)
-                if cuda is not None:
-                    torch.cuda.set_rng_state_all(cuda)
-
-        return call
-
-
-@pytest.fixture
-def sub(sub):  # noqa: F811 - wraps the harness's fixture of the same name
-    return _KeepRng(sub)
-
-
 def gpu(fn):
     for mark in needs_cuda:
         fn = mark(fn)
