@@ -61,7 +61,9 @@ DEFAULTS = {
                "processes": 64, "output_mb": 8, "scratch_mb": 64, "open_files": 256, "reply_mb": 512},
     "sandbox": {"isolate": True, "uid_base": 61000, "uid_count": 1000, "threads": 1,
                 "hide": ["/tmp", "/var/tmp", "/dev/shm", "/root", "/home", "/mnt", "/media", "/srv", "/opt",
-                         "/run/user"]},
+                         "/run/user"],
+                "visible_top_level": ["/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc",
+                                      "/proc", "/sys", "/dev"]},
     "engine": {"retries": 2, "harness_grace_seconds": 120, "results_dir": ".grading"},
 }
 
@@ -218,6 +220,7 @@ class Sandbox:
         ours, theirs = socket.socketpair()
         hide = list(sb["hide"]) + [str(self.course), str(REPO)]
         config = {"ctl_fd": theirs.fileno(), "hide": hide, "keep": self._keep(), "isolate": bool(sb["isolate"]),
+                  "visible_top_level": list(sb["visible_top_level"]),
                   "tmp_mb": int(self.cfg["limits"]["scratch_mb"])}
         cfg_path = Path(self.boot) / "config.json"
         fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

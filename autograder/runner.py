@@ -75,7 +75,13 @@ def _isolate(cfg) -> dict:
         _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
         keep = [k for k in cfg["keep"] if os.path.exists(k)]
         fds = {k: os.open(k, os.O_PATH) for k in keep}  # reachable after the covers
-        hide = sorted({os.path.realpath(h) for h in cfg["hide"] if os.path.isdir(h)}, key=len)
+        # An allow-list: every top-level directory that is not a system one is
+        # covered too, so copies of the course elsewhere on the machine (another
+        # checkout, a backup) are as unreachable as this one.
+        visible = {os.path.realpath(v) for v in cfg.get("visible_top_level", [])}
+        top = [os.path.join("/", e) for e in os.listdir("/")] if visible else []
+        top = [t for t in top if os.path.isdir(t) and os.path.realpath(t) not in visible]
+        hide = sorted({os.path.realpath(h) for h in [*cfg["hide"], *top] if os.path.isdir(h)}, key=len)
         covered = []
         for h in hide:
             if any(h == c or h.startswith(c.rstrip("/") + "/") for c in covered):
