@@ -35,7 +35,7 @@ book: env
 	@echo "Open _build/html/index.html"
 
 test: env
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS) --durations=15
 
 # Everything but the book build, for quick iterations.
 test-fast: env

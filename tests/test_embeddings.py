@@ -157,3 +157,20 @@ def test_load_glove_errors(tmp_path, monkeypatch):
     ragged.write_text("a 1 2 3\nb 1 2\n", encoding="utf-8")
     with pytest.raises(ValueError, match="expected 3"):
         embeddings.load_glove(ragged)
+
+
+def test_embedding_lookup_equals_one_hot_times_matrix():
+    """nn.Embedding is a lookup that equals one_hot(ids) @ weight, gradients included."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(7, 3).double()
+    ids = torch.tensor([[1, 4, 4], [0, 6, 2]])
+    one_hot = torch.nn.functional.one_hot(ids, 7).double()  # (B, T, V)
+    lookup = emb(ids)  # (B, T, E)
+    product = one_hot @ emb.weight  # (B, T, V) @ (V, E) -> (B, T, E)
+    assert torch.equal(lookup, product)
+    g = torch.randn_like(lookup)
+    (grad_lookup,) = torch.autograd.grad(lookup, emb.weight, g)
+    (grad_product,) = torch.autograd.grad(one_hot @ emb.weight, emb.weight, g)
+    assert torch.allclose(grad_lookup, grad_product)
+    untouched = sorted(set(range(7)) - set(ids.flatten().tolist()))
+    assert torch.all(grad_lookup[untouched] == 0)  # only looked-up rows get a gradient
