@@ -25,6 +25,7 @@ number of times and otherwise reported "not graded".
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import json
 import os
@@ -62,6 +63,7 @@ DEFAULTS = {
     "sandbox": {"isolate": True, "uid_base": 61000, "uid_count": 1000, "threads": 1,
                 "hide": ["/tmp", "/var/tmp", "/dev/shm", "/root", "/home", "/mnt", "/media", "/srv", "/opt",
                          "/run/user"],
+                "preload": ["numpy", "jieba"],
                 "visible_top_level": ["/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc",
                                       "/proc", "/sys", "/dev"]},
     "engine": {"retries": 2, "harness_grace_seconds": 120, "results_dir": ".grading"},
@@ -220,7 +222,7 @@ class Sandbox:
         ours, theirs = socket.socketpair()
         hide = list(sb["hide"]) + [str(self.course), str(REPO)]
         config = {"ctl_fd": theirs.fileno(), "hide": hide, "keep": self._keep(), "isolate": bool(sb["isolate"]),
-                  "visible_top_level": list(sb["visible_top_level"]),
+                  "visible_top_level": list(sb["visible_top_level"]), "preload": list(sb["preload"]),
                   "tmp_mb": int(self.cfg["limits"]["scratch_mb"])}
         cfg_path = Path(self.boot) / "config.json"
         fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -659,6 +661,20 @@ def _harness_child(job: Job, sandbox: Sandbox, cfg: dict, course: Path, extra_ar
     os._exit(0)
 
 
+def _prewarm_harness() -> None:
+    """Import what every harness needs before forking them, so each forked
+    harness starts warm (torch's first deterministic-algorithms call alone
+    takes seconds)."""
+    import pytest  # noqa: F401
+    import torch
+
+    torch.use_deterministic_algorithms(torch.are_deterministic_algorithms_enabled(), warn_only=True)
+    # Everything allocated so far lives as long as the engine: keep it out of
+    # the garbage collector, so the full collections pytest runs in each
+    # forked harness do not walk torch's whole heap.
+    gc.freeze()
+
+
 def grade_batch(jobs: list[Job], *, course: Path = REPO, cfg: dict | None = None, workers: int | None = None,
                 device: str = "cpu", extra_args=(), force: bool = False, progress: bool = True, on_result=None,
                 inject_fault=None, logs_dir: Path | None = None) -> dict[str, dict]:
@@ -671,6 +687,7 @@ def grade_batch(jobs: list[Job], *, course: Path = REPO, cfg: dict | None = None
     cfg = cfg or load_config()
     course = Path(course).resolve()
     workers = workers or default_workers(device)
+    _prewarm_harness()
     store = ResultsStore(course / cfg["engine"]["results_dir"])
     logs_dir = Path(logs_dir) if logs_dir else course / cfg["engine"]["results_dir"] / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
