@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import traceback
 import zlib
 from typing import Any
 
@@ -259,5 +258,4 @@ def load_inprocess(program: Program) -> ProgramSession:
     return ProgramSession(ns, errors)
 
 
-__all__ = ["ProgramSession", "execute_program", "load_inprocess", "to_data", "strip_magics", "short_error",
-           "traceback"]
+__all__ = ["ProgramSession", "execute_program", "load_inprocess", "to_data", "strip_magics", "short_error"]
