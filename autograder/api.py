@@ -127,3 +127,46 @@ def assert_number(actual, expected: float, *, atol: float = 1e-6, rtol: float = 
         raise AssertionError(f"{what} is {actual}, expected {expected:.6g}")
     if not math.isclose(actual, expected, abs_tol=atol, rel_tol=rtol):
         raise AssertionError(f"{what} is {actual:.6g}, expected {expected:.6g}")
+
+
+# ----------------------------------------------------------------------------
+# Strict types, with a failure message that quotes the task
+# ----------------------------------------------------------------------------
+
+
+def _type_names(types) -> str:
+    names = [getattr(t, "__name__", str(t)) for t in types]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def assert_type(value, types, *, task: str, what: str = "result"):
+    """Fail unless ``type(value)`` is exactly one of ``types`` (no subclass, no conversion).
+
+    ``task`` is the sentence of the task that names the type; the failure
+    message quotes it, so the student sees which rule was broken.
+    """
+    types = types if isinstance(types, tuple) else (types,)
+    if type(value) not in types:
+        raise AssertionError(f"{what} should be of type {_type_names(types)}, got {type(value).__name__} "
+                             f"(the task says: \"{task}\")")
+    return value
+
+
+def assert_list_of(value, item_types, *, task: str, what: str = "result", length: int | None = None):
+    """Fail unless ``value`` is a Python list whose items all have exactly one of ``item_types``."""
+    item_types = item_types if isinstance(item_types, tuple) else (item_types,)
+    assert_type(value, list, task=task, what=what)
+    if length is not None and len(value) != length:
+        raise AssertionError(f"{what} has {len(value)} items, expected {length}")
+    for i, item in enumerate(value):
+        if type(item) not in item_types:
+            raise AssertionError(f"{what}[{i}] should be of type {_type_names(item_types)}, got {type(item).__name__} "
+                                 f"(the task says: \"{task}\")")
+    return value
+
+
+def assert_float(actual, expected: float, *, task: str, atol: float = 1e-6, rtol: float = 1e-6,
+                 what: str = "result"):
+    """Like :func:`assert_number`, but ``actual`` must be a Python ``float`` (not an int, not a tensor)."""
+    assert_type(actual, float, task=task, what=what)
+    assert_number(actual, expected, atol=atol, rtol=rtol, what=what)

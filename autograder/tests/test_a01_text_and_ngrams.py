@@ -12,7 +12,8 @@ import unicodedata
 import pytest
 import torch
 
-from autograder.api import Ref, StudentError, assert_close, assert_number, check_tensor
+from autograder.api import (Ref, StudentError, assert_close, assert_float, assert_list_of, assert_number, assert_type,
+                            check_tensor)
 
 # ----------------------------------------------------------------------------- references
 
@@ -22,6 +23,8 @@ def _punct(ch):
 
 
 def ref_tokenize(text, mode):
+    if mode == "zh_word":
+        return ref_zh_word(text)
     text = text.lower()
     if mode == "char":
         return list(" ".join(text.split()))
@@ -29,10 +32,15 @@ def ref_tokenize(text, mode):
         return re.findall(r"[a-z0-9']+", text)
     if mode == "zh_char":
         return [c for c in text if not c.isspace() and not _punct(c)]
+    return ref_zh_word(text)
+
+
+def ref_zh_word(text, lower_first=True):
+    """jieba's segmentation, lower-cased; ``lower_first``: of the lower-cased text (else of the text itself)."""
     import jieba
 
     jieba.setLogLevel(60)
-    toks = [t.lower() for t in jieba.lcut(text)]
+    toks = [t.lower() for t in jieba.lcut(text.lower() if lower_first else text)]
     return [t for t in toks if t.strip() and not all(_punct(c) for c in t.strip())]
 
 
@@ -119,16 +127,62 @@ def test_tokenize__zh_char(sub):
     assert got == ref_tokenize(text, "zh_char"), f"zh_char tokens differ: got {got}"
 
 
+def _check_zh_word(got, text):
+    # Lower-casing before or after the segmentation are both accepted.
+    assert got in (ref_zh_word(text, True), ref_zh_word(text, False)), f"zh_word tokens differ: got {got}"
+
+
 def test_tokenize__zh_word(sub):
-    got = sub.call("tokenize_text", ZH, "zh_word")
-    assert got == ref_tokenize(ZH, "zh_word"), f"zh_word tokens differ: got {got}"
+    _check_zh_word(sub.call("tokenize_text", ZH, "zh_word"), ZH)
+
+
+# Whitespace tokens, punctuation-only tokens ("……", "——", "“") and a number with a point ("3.14").
+ZH2 = "圆周率约等于3.14，对吧？ 他说：“Hello World”……\n好的 ——  用GPU和CPU都可以。"
+
+
+def test_tokenize__zh_word_drops_whitespace_and_punctuation_tokens_only(sub):
+    got = sub.call("tokenize_text", ZH2, "zh_word")
+    _check_zh_word(got, ZH2)
+    assert "3.14" in got, "a token that is not only punctuation is kept"
+
+
+TOKENIZE_TASK = "returns a list of string tokens"
+
+
+def test_tokenize__returns_a_list_of_str(sub):
+    for mode, text in (("char", EN), ("word", EN), ("zh_char", ZH), ("zh_word", ZH)):
+        assert_list_of(sub.call("tokenize_text", text, mode), str, task=TOKENIZE_TASK, what=f"tokens in mode {mode!r}")
+    assert_list_of(sub.call("tokenize_text", "", "word"), str, task=TOKENIZE_TASK, what="tokens of ''")
+
+
+def test_tokenize__leading_whitespace_and_non_ascii_letters(sub):
+    text = " \t\n  Café NAÏVE   snake_case,well-known\n\n ÀB 12ab  "
+    for mode in ("char", "word"):
+        got = sub.call("tokenize_text", text, mode)
+        assert got == ref_tokenize(text, mode), f"{mode} tokens of {text!r} differ: got {got}"
+    for mode in ("char", "word", "zh_char", "zh_word"):
+        got = sub.call("tokenize_text", " \t\n  \n", mode)
+        assert got == [], f"a text of whitespace only gives [] in mode {mode!r}, got {got}"
+
+
+def test_tokenize__calls_in_any_order(sub):
+    """The same results whatever was tokenised before."""
+    for mode, text in (("zh_word", ZH), ("char", EN), ("word", EN), ("zh_char", ZH), ("word", ZH2), ("char", ZH),
+                       ("zh_word", ZH2), ("word", EN), ("zh_char", EN)):
+        got = sub.call("tokenize_text", text, mode)
+        if mode == "zh_word":
+            _check_zh_word(got, text)
+        else:
+            assert got == ref_tokenize(text, mode), f"{mode} tokens differ after other calls: got {got}"
 
 
 def test_tokenize__empty_and_bad_mode(sub):
     for mode in ("char", "word", "zh_char", "zh_word"):
         assert sub.call("tokenize_text", "", mode) == [], f"'' in mode {mode!r} should give []"
-    with pytest.raises(StudentError, match="ValueError"):
+    with pytest.raises(StudentError, match="ValueError") as info:
         sub.call("tokenize_text", "abc", "bpe")
+    missing = [m for m in ("char", "word", "zh_char", "zh_word") if m not in str(info.value)]
+    assert not missing, f"the ValueError's message should list the valid modes; it lacks {missing}: {info.value}"
 
 
 # ----------------------------------------------------------------------------- Part 2: Vocabulary
@@ -189,6 +243,59 @@ def test_vocab__out_of_range_ids(sub):
         sub.call("@v.decode", [1, n])
 
 
+VOCAB_TASK = {"get_itos": "vocab.get_itos() returns the list of all tokens, indexed by id",
+              "token_to_id": "vocab.token_to_id(token) returns the id of token (an int)",
+              "encode": "vocab.encode(tokens) returns [token_to_id(t) for t in tokens]",
+              "decode": "vocab.decode(ids) returns [id_to_token(i) for i in ids]",
+              "id_to_token": "vocab.id_to_token(idx) returns the token of id idx"}
+
+
+def test_vocab__return_types(sub):
+    sub.new("Vocabulary", CORPUS, keep="v", min_freq=2, reserved_tokens=["<pad>"])
+    n = len(ref_itos(CORPUS, 2, ["<pad>"]))
+    assert_list_of(sub.call("@v.get_itos"), str, task=VOCAB_TASK["get_itos"], what="get_itos()", length=n)
+    assert_type(sub.call("@v.token_to_id", "the"), int, task=VOCAB_TASK["token_to_id"], what="token_to_id('the')")
+    assert_type(sub.call("@v.token_to_id", "zebra"), int, task=VOCAB_TASK["token_to_id"], what="token_to_id('zebra')")
+    assert_list_of(sub.call("@v.encode", ["the", "zebra"]), int, task=VOCAB_TASK["encode"], what="encode(...)")
+    assert_list_of(sub.call("@v.decode", [0, 1, 2]), str, task=VOCAB_TASK["decode"], what="decode(...)")
+    assert_type(sub.call("@v.id_to_token", 1), str, task=VOCAB_TASK["id_to_token"], what="id_to_token(1)")
+    assert sub.call("@v.encode", []) == [] and sub.call("@v.decode", []) == [], "encode([]) and decode([]) are []"
+
+
+def test_vocab__unk_in_text_and_empty_text(sub):
+    tokens = ["<unk>", "a", "<unk>", "b", "a", "<unk>"]
+    sub.new("Vocabulary", tokens, keep="v", reserved_tokens=["<pad>"])
+    assert sub.call("@v.get_itos") == ref_itos(tokens, 1, ["<pad>"]), "'<unk>' in the text must not get a second id"
+    sub.new("Vocabulary", [], keep="e", reserved_tokens=["<pad>", "<bos>"])
+    assert sub.call("@e.get_itos") == ["<unk>", "<pad>", "<bos>"], "an empty text gives only <unk> and the reserved tokens"
+    assert sub.call("@e.encode", ["x", "<bos>"]) == [0, 2]
+
+
+def test_vocab__calls_do_not_change_the_vocabulary(sub):
+    """One vocabulary, used in many orders: unknown tokens never get an id, results never change."""
+    sub.new("Vocabulary", CORPUS, keep="v", min_freq=2)
+    itos = ref_itos(CORPUS, 2)
+    stoi = {t: i for i, t in enumerate(itos)}
+    queries = [["zebra", "the", "unicorn"], ["on", "zebra", "sat"], ["unicorn", "unicorn", "cat"]]
+    for q in queries + queries[::-1]:
+        assert sub.call("@v.encode", q) == [stoi.get(t, 0) for t in q], f"encode({q}) after other calls"
+        assert sub.call("@v.token_to_id", "zebra") == 0, "an unknown token stays unknown after it was encoded"
+        assert sub.call("@v.get_itos") == itos, "encoding unknown tokens must not add them to the vocabulary"
+        ids = list(range(len(itos)))[::-1]
+        assert sub.call("@v.decode", ids) == [itos[i] for i in ids]
+
+
+def test_vocab__index_error_message_names_the_id_and_the_range(sub):
+    sub.new("Vocabulary", CORPUS, keep="v", min_freq=2)
+    n = len(ref_itos(CORPUS, 2))
+    for bad in (n + 7, -3):
+        with pytest.raises(StudentError, match="IndexError") as info:
+            sub.call("@v.id_to_token", bad)
+        msg = str(info.value)
+        assert str(bad) in msg and str(n - 1) in msg, \
+            f"the IndexError should name the id ({bad}) and the valid range (0 .. {n - 1}): {msg}"
+
+
 # ----------------------------------------------------------------------------- Part 3: ngram_counts
 
 
@@ -218,8 +325,16 @@ def test_ngram_counts__short_and_exact(sub):
 
 
 def test_ngram_counts__bad_n(sub):
-    with pytest.raises(StudentError, match="ValueError"):
-        sub.call("ngram_counts", ["a", "b"], 0)
+    for n in (0, -1):
+        with pytest.raises(StudentError, match="ValueError"):
+            sub.call("ngram_counts", ["a", "b"], n)
+
+
+def test_ngram_counts__calls_in_any_order(sub):
+    """Counts never accumulate from one call to the next."""
+    a, b = list("abcabca"), [3, 1, 3, 1, 2]
+    for tokens, n in ((a, 2), (b, 2), (a, 2), (a, 1), (b, 3), (a, 2)):
+        assert student_ngrams(sub, tokens, n) == ref_ngrams(tokens, n), f"counts of {tokens} (n={n}) after other calls"
 
 
 # ----------------------------------------------------------------------------- Part 4: bigram_probs
@@ -264,6 +379,17 @@ def test_bigram_probs__single_token(sub, device):
     _check_probs(sub, [2], 4, 0.0, device)
 
 
+def test_bigram_probs__empty_text(sub, device):
+    _check_probs(sub, [], 3, 1.0, device)
+    _check_probs(sub, [], 3, 0.0, device)
+
+
+def test_bigram_probs__calls_in_any_order(sub):
+    a, b = torch.randint(0, 5, (30,)).tolist(), torch.randint(0, 5, (12,)).tolist()
+    for ids, k in ((a, 1.0), (b, 0.5), (a, 1.0), (b, 0.0), (a, 2)):
+        _check_probs(sub, ids, 5, k, "cpu")
+
+
 def test_bigram_probs__negative_k(sub, device):
     with pytest.raises(StudentError, match="ValueError"):
         sub.call("bigram_probs", torch.tensor([0, 1, 0], device=device), 2, -0.5)
@@ -280,6 +406,9 @@ def _rand_probs(V, device, zeros=False):
     return (P / P.sum(dim=1, keepdim=True)).to(device)
 
 
+PPL_TASK = "returns, as a Python float, the exponential of the mean negative natural log-likelihood"
+
+
 def _seqs(lengths, V, device):
     return [torch.randint(0, V, (L,), device=device) for L in lengths]
 
@@ -289,7 +418,7 @@ def test_perplexity__one_sequence(sub, device):
     P = _rand_probs(V, device)
     seqs = _seqs([40], V, device)
     got = sub.call("bigram_perplexity", P, seqs)
-    assert_number(got, ref_ppl(P.cpu(), [s.tolist() for s in seqs]), rtol=1e-9, what="perplexity")
+    assert_float(got, ref_ppl(P.cpu(), [s.tolist() for s in seqs]), task=PPL_TASK, rtol=1e-9, what="perplexity")
 
 
 def test_perplexity__pooled_over_sequences_of_different_lengths(sub, device):
@@ -297,14 +426,14 @@ def test_perplexity__pooled_over_sequences_of_different_lengths(sub, device):
     P = _rand_probs(V, device)
     seqs = _seqs([3, 50, 7, 2], V, device)
     got = sub.call("bigram_perplexity", P, seqs)
-    assert_number(got, ref_ppl(P.cpu(), [s.tolist() for s in seqs]), rtol=1e-9, what="perplexity")
+    assert_float(got, ref_ppl(P.cpu(), [s.tolist() for s in seqs]), task=PPL_TASK, rtol=1e-9, what="perplexity")
 
 
 def test_perplexity__uniform_model_gives_V(sub, device):
     V = 11
     P = torch.full((V, V), 1.0 / V, dtype=torch.float64, device=device)
     got = sub.call("bigram_perplexity", P, _seqs([5, 9], V, device))
-    assert_number(got, float(V), rtol=1e-9, what="perplexity of a uniform model")
+    assert_float(got, float(V), task=PPL_TASK, rtol=1e-9, what="perplexity of a uniform model")
 
 
 def test_perplexity__short_sequences_are_skipped(sub, device):
@@ -312,9 +441,21 @@ def test_perplexity__short_sequences_are_skipped(sub, device):
     P = _rand_probs(V, device)
     seqs = _seqs([1, 6, 0, 1, 4], V, device)
     got = sub.call("bigram_perplexity", P, seqs)
-    assert_number(got, ref_ppl(P.cpu(), [s.tolist() for s in seqs]), rtol=1e-9, what="perplexity")
+    assert_float(got, ref_ppl(P.cpu(), [s.tolist() for s in seqs]), task=PPL_TASK, rtol=1e-9, what="perplexity")
     with pytest.raises(StudentError, match="ValueError"):
         sub.call("bigram_perplexity", P, _seqs([1, 0], V, device))
+    with pytest.raises(StudentError, match="ValueError"):
+        sub.call("bigram_perplexity", P, [])
+
+
+def test_perplexity__calls_in_any_order(sub):
+    V = 6
+    P, Q = _rand_probs(V, "cpu"), _rand_probs(V, "cpu", zeros=True)
+    a, b = _seqs([9, 4], V, "cpu"), _seqs([2, 7, 3], V, "cpu")
+    for probs, seqs in ((P, a), (P, b), (Q, a), (P, a), (P, a + b), (P, b)):
+        got = sub.call("bigram_perplexity", probs, seqs)
+        assert_float(got, ref_ppl(probs, [x.tolist() for x in seqs]), task=PPL_TASK, rtol=1e-9,
+                     what="perplexity after other calls")
 
 
 def test_perplexity__zero_probability_is_infinite(sub, device):
@@ -323,9 +464,9 @@ def test_perplexity__zero_probability_is_infinite(sub, device):
                       [0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]], dtype=torch.float64, device=device)
     seqs = [torch.tensor([0, 1, 2, 3, 0], device=device), torch.tensor([2, 1, 3], device=device)]
     got = sub.call("bigram_perplexity", P, seqs)
-    assert_number(got, math.inf, what="perplexity with a zero-probability bigram")
+    assert_float(got, math.inf, task=PPL_TASK, what="perplexity with a zero-probability bigram")
     finite = [torch.tensor([0, 1, 2, 3, 0], device=device)]
-    assert_number(sub.call("bigram_perplexity", P, finite), ref_ppl(P.cpu(), [[0, 1, 2, 3, 0]]), rtol=1e-9)
+    assert_float(sub.call("bigram_perplexity", P, finite), ref_ppl(P.cpu(), [[0, 1, 2, 3, 0]]), task=PPL_TASK, rtol=1e-9)
 
 
 @pytest.mark.gpu

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autograder.api import Ref, StudentError, assert_close, assert_number, check_tensor
+from autograder.api import Ref, StudentError, assert_close, assert_list_of, assert_number, assert_type, check_tensor
 
 F64 = torch.float64
 NAMES = ["W_xh", "W_hh", "b_h", "W_hq", "b_q"]
@@ -175,6 +175,20 @@ def test_rnn_forward__gradients(sub, device):
         assert_close(got, exp, atol=1e-10, what=f"gradient wrt {name}")
 
 
+def test_rnn_forward__returns_a_tuple_and_keeps_no_state(sub):
+    T, B, I, H = 3, 2, 3, 4
+    X, h0 = torch.randn(T, B, I, dtype=F64), torch.randn(B, H, dtype=F64)
+    W = weights(I, H, "cpu")
+    out = sub.call("rnn_forward", X, h0, *W)
+    assert_type(out, tuple, task="returns a tuple (H_all, h_T)", what="rnn_forward's result")
+    # The same call again, then h0=None: nothing may be remembered from the calls before.
+    for state in (h0, None, h0):
+        H_all, h_T = sub.call("rnn_forward", X, state, *W)
+        ref_all, ref_last = ref_forward(X, state, *W)
+        assert_close(H_all, ref_all, atol=1e-12, what=f"H_all (h0={'None' if state is None else 'given'}, repeated call)")
+        assert_close(h_T, ref_last, atol=1e-12, what="h_T (repeated call)")
+
+
 @gpu_only
 def test_rnn_forward__cuda_matches_cudnn(sub):
     T, B, I, H = 12, 4, 8, 16
@@ -240,6 +254,11 @@ def test_char_rnn__parameters(sub):
         check_tensor(sd[name], shape=shapes[name], dtype=torch.float32, what=name)
         assert float(sd[name].abs().max()) <= bound + 1e-6, f"{name} is not in [-1/sqrt(H), 1/sqrt(H)]"
         assert float(sd[name].std()) > bound / 4, f"{name} does not look uniformly initialised"
+    # All 569 values together: uniform on [-b, b] has standard deviation b / sqrt(3).
+    flat = torch.cat([sd[name].flatten() for name in NAMES])
+    std = float(flat.std())
+    assert 0.85 * bound / math.sqrt(3) < std < 1.15 * bound / math.sqrt(3), \
+        f"the parameters are not uniform on [-1/sqrt(H), 1/sqrt(H)] (std {std:.4f}, expected {bound / math.sqrt(3):.4f})"
 
 
 def test_char_rnn__forward(sub, device):
@@ -280,6 +299,25 @@ def test_char_rnn__parameter_gradients(sub, device):
     for name, exp in zip(NAMES, ref):
         assert name in res.param_grads, f"no gradient reaches {name}"
         assert_close(res.param_grads[name], exp, atol=1e-10, what=f"gradient wrt {name}")
+
+
+def test_char_rnn__every_call_starts_from_its_own_state(sub):
+    """One module, called several times in different orders: h0=None always means zeros."""
+    V, H, B, T = 5, 4, 2, 3
+    sd = random_state_dict(V, H, "cpu")
+    sub.new("CharRNN", V, H, keep="m", state_dict=sd, to_dtype=F64)
+    X1, X2 = torch.randint(0, V, (B, T)), torch.randint(0, V, (B + 1, T + 2))
+    h0 = torch.randn(B, H, dtype=F64) * 2
+    for X, state in ((X1, None), (X1, h0), (X1, None), (X2, None), (X1, h0), (X2, None)):
+        out = sub.call("@m", X, state)
+        assert_type(out, tuple, task="Return (logits, h_T)", what="CharRNN's result")
+        ref_logits, ref_h = ref_char_rnn(sd, X, state)
+        what = f"logits (B={X.shape[0]}, h0={'None' if state is None else 'given'}, after other calls)"
+        assert_close(out[0], ref_logits, atol=1e-10, what=what)
+        assert_close(out[1], ref_h, atol=1e-10, what="h_T after other calls")
+    after = sub.state_dict("m")
+    for name in NAMES:
+        assert torch.equal(after[name], sd[name]), f"calling the model changed its parameter {name}"
 
 
 @gpu_only
@@ -355,6 +393,62 @@ def test_clip_grad_norm__generator(sub, device):
     _clip_case(sub, device, [(5, 2), (2,), (3, 3)], max_norm=0.3, grad_scale=1.0, generator=True)
 
 
+CLIP_TASK = "return g, the norm before clipping (a 0-d tensor or a Python float)"
+
+
+def _norm_value(norm, what="returned total norm"):
+    assert_type(norm, (float, torch.Tensor), task=CLIP_TASK, what=what)
+    if type(norm) is torch.Tensor:
+        check_tensor(norm, shape=(), what=what)
+        norm = float(norm)
+    return norm
+
+
+def test_clip_grad_norm__no_gradient_returns_zero(sub):
+    values = [torch.randn(3, dtype=F64), torch.randn(2, 2, dtype=F64)]
+    sub.run("params_with_grads", (values, [None, None]), keep="none")
+    norm = _norm_value(sub.call("clip_grad_norm", Ref("none"), 1.0))
+    assert norm == 0.0, f"with no gradient at all the norm is 0.0, got {norm}"
+    assert sub.call("grads_of", Ref("none")) == [None, None], "tensors without a gradient must keep none"
+    sub.run("params_with_grads", ([], []), keep="empty")
+    assert _norm_value(sub.call("clip_grad_norm", Ref("empty"), 1.0)) == 0.0, "an empty list has norm 0.0"
+
+
+def test_clip_grad_norm__just_above_and_just_below_the_threshold(sub):
+    values = [torch.randn(4, dtype=F64), torch.randn(3, 2, dtype=F64)]
+    grads = [torch.randn(4, dtype=F64), torch.randn(3, 2, dtype=F64)]
+    g = float(torch.sqrt(sum((x ** 2).sum() for x in grads)))
+    # Just below max_norm: untouched, exactly. Just above: scaled by max_norm / (g + 1e-6).
+    for max_norm, scale in ((g * (1 + 1e-4), 1.0), (g * (1 - 1e-4), g * (1 - 1e-4) / (g + 1e-6))):
+        sub.run("params_with_grads", (values, grads), keep="ps")
+        norm = _norm_value(sub.call("clip_grad_norm", Ref("ps"), max_norm))
+        assert_number(norm, g, rtol=1e-9, what="returned total norm")
+        for i, got in enumerate(sub.call("grads_of", Ref("ps"))):
+            tol = dict(atol=0.0, rtol=0.0) if scale == 1.0 else dict(atol=1e-14, rtol=1e-12)
+            assert_close(got, grads[i] * scale, **tol,
+                         what=f"gradient {i} with g {'below' if scale == 1.0 else 'above'} max_norm")
+
+
+def test_clip_grad_norm__repeated_calls(sub):
+    """The same tensors clipped twice, as torch.nn.utils.clip_grad_norm_ would do it."""
+    values = [torch.randn(5, dtype=F64), torch.randn(2, 3, dtype=F64)]
+    grads = [torch.randn(5, dtype=F64) * 4, torch.randn(2, 3, dtype=F64) * 4]
+    sub.run("params_with_grads", (values, grads), keep="ps")
+    ref = [v.clone().requires_grad_(True) for v in values]
+    for p, g in zip(ref, grads):
+        p.grad = g.clone()
+    # At the second call g is within 1e-6 of max_norm, where the task allows both rules
+    # (scale by max_norm / (g + 1e-6), or leave alone): they differ by less than 1e-6.
+    for call, rtol in (("first", 1e-12), ("second", 2e-6)):
+        norm = _norm_value(sub.call("clip_grad_norm", Ref("ps"), 2.0))
+        ref_norm = float(torch.nn.utils.clip_grad_norm_(ref, 2.0))
+        assert_number(norm, ref_norm, rtol=1e-9, what=f"norm at the {call} call")
+        for i, (got, p) in enumerate(zip(sub.call("grads_of", Ref("ps")), ref)):
+            assert_close(got, p.grad, atol=1e-14, rtol=rtol, what=f"gradient {i} after the {call} call")
+    # A fresh set of tensors is not affected by the calls before.
+    _clip_case(sub, "cpu", [(3,), (2, 2)], max_norm=0.7, grad_scale=1.5)
+
+
 # ----------------------------------------------------------------------------- Part 6: train_char_lm
 
 NUM_UPDATES, BATCH, SEQ_LEN, LR, HIDDEN = 100, 32, 16, 0.02, 32
@@ -416,3 +510,80 @@ def test_train_char_lm__history(sub, device):
     new = sub.state_dict("small")
     moved = [n for n in NAMES if not torch.equal(new[n].cpu(), sd[n])]
     assert set(moved) == set(NAMES), f"parameters not updated in place: {sorted(set(NAMES) - set(moved))}"
+
+
+# The process itself, pinned against a reference loop run here. The text has
+# exactly seq_len + 1 characters, so the only window start is 0 and every batch
+# is the same: the random stream cannot matter, and the loop is deterministic.
+
+HISTORY_TASK = "return {\"loss\": [...], \"grad_norm\": [...]}: per update, the loss and the gradient norm before clipping, as Python floats"
+
+
+def _ref_train(sd, ids, num_updates, batch_size, seq_len, lr, max_norm):
+    """The loop of the task, with torch's Adam and clip_grad_norm_, in float64."""
+    params = {k: sd[k].clone().requires_grad_(True) for k in NAMES}
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    X = ids[:seq_len].expand(batch_size, seq_len)  # (B, T): the only window
+    Y = ids[1 : seq_len + 1].expand(batch_size, seq_len)  # (B, T)
+    hist = {"loss": [], "grad_norm": []}
+    for _ in range(num_updates):
+        logits, _ = ref_char_rnn(params, X)  # zero state every update
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(params.values()), max_norm)
+        opt.step()
+        hist["loss"].append(loss.item())
+        hist["grad_norm"].append(float(norm))
+    return hist, {k: v.detach() for k, v in params.items()}
+
+
+def _process_case(V=5, H=6, B=3, T=7, updates=8, lr=0.05):
+    ids = torch.randint(0, V, (T + 1,))
+    sd = random_state_dict(V, H, "cpu")
+    # Pick max_norm so that clipping is active on some updates and not on others.
+    free, _ = _ref_train(sd, ids, updates, B, T, lr, math.inf)
+    for q in (0.5, 0.3, 0.7, 0.2, 0.8):
+        max_norm = float(torch.tensor(free["grad_norm"]).quantile(q))
+        hist, final = _ref_train(sd, ids, updates, B, T, lr, max_norm)
+        clipped = [n > max_norm for n in hist["grad_norm"]]
+        if any(clipped) and not all(clipped):
+            return ids, sd, (updates, B, T, lr, max_norm), hist, final
+    raise RuntimeError("test setup: no max_norm makes clipping active on some updates only")
+
+
+def test_train_char_lm__process_matches_reference_loop(sub):
+    """Same initial weights, same (only) window: the history and the final weights must match the task's loop."""
+    ids, sd, args, ref_hist, ref_final = _process_case()
+    V, H = sd["W_hq"].shape[1], sd["W_hh"].shape[0]
+    sub.new("CharRNN", V, H, keep="proc", state_dict=sd, to_dtype=F64)
+    hist = sub.call("train_char_lm", Ref("proc"), ids, *args)
+    assert_type(hist, dict, task=HISTORY_TASK, what="the history")
+    n = args[0]
+    for key in ("loss", "grad_norm"):
+        assert key in hist, f"the history has no key {key!r}"
+        assert_list_of(hist[key], float, task=HISTORY_TASK, what=f"history[{key!r}]", length=n)
+        got, want = torch.tensor(hist[key], dtype=F64), torch.tensor(ref_hist[key], dtype=F64)
+        assert_close(got, want, atol=1e-10, rtol=1e-8,
+                     what=f"history[{key!r}] (one Adam, zero state every update, mean loss, clip before step)")
+    final = sub.state_dict("proc")
+    for name in NAMES:
+        assert_close(final[name], ref_final[name], atol=1e-9, rtol=1e-7, what=f"{name} after {n} updates")
+
+
+def test_train_char_lm__num_updates_is_honoured(sub):
+    ids, sd, (_, B, T, lr, max_norm), ref_hist, _ = _process_case(updates=3)
+    V, H = sd["W_hq"].shape[1], sd["W_hh"].shape[0]
+    sub.new("CharRNN", V, H, keep="zero", state_dict=sd, to_dtype=F64)
+    hist = sub.call("train_char_lm", Ref("zero"), ids, 0, B, T, lr, max_norm)
+    assert_type(hist, dict, task=HISTORY_TASK, what="the history")
+    assert hist.get("loss") == [] and hist.get("grad_norm") == [], f"num_updates=0 should give empty lists, got {hist}"
+    after = sub.state_dict("zero")
+    for name in NAMES:
+        assert torch.equal(after[name], sd[name]), f"num_updates=0 changed {name}: the model must stay untrained"
+    for n in (1, 3):
+        sub.new("CharRNN", V, H, keep=f"n{n}", state_dict=sd, to_dtype=F64)
+        hist = sub.call("train_char_lm", Ref(f"n{n}"), ids, n, B, T, lr, max_norm)
+        assert len(hist["loss"]) == n and len(hist["grad_norm"]) == n, f"num_updates={n} gave {len(hist['loss'])} losses"
+        assert_close(torch.tensor(hist["loss"], dtype=F64), torch.tensor(ref_hist["loss"][:n], dtype=F64),
+                     atol=1e-10, rtol=1e-8, what=f"losses of a run with num_updates={n}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from autograder.api import Ref, assert_close, check_tensor
+from autograder.api import Ref, assert_close, assert_type, check_tensor
 
 F64 = torch.float64
 TOL64 = dict(atol=1e-10, rtol=1e-8)
@@ -141,6 +141,34 @@ def test_lstm_cell__init(sub):
     assert keys == {"weight_ih", "weight_hh"}, f"LSTMCell(bias=False) has parameters {sorted(keys)}"
 
 
+def test_lstm_cell__step_function_without_biases(sub):
+    B, I, H = 2, 3, 4
+    ref = nn.LSTMCell(I, H, bias=False).to(dtype=F64)
+    x, h, c = (torch.randn(B, n, dtype=F64) for n in (I, H, H))
+    out = sub.call("lstm_cell_step", x, h, c, _sd(ref)["weight_ih"], _sd(ref)["weight_hh"], None, None)
+    assert_type(out, tuple, task="computes one step from plain tensors and returns (h_new, c_new)",
+                what="lstm_cell_step's result")
+    h_ref, c_ref = ref(x, (h, c))
+    assert_close(out[0], h_ref.detach(), what="h_new without biases", **TOL64)
+    assert_close(out[1], c_ref.detach(), what="c_new without biases", **TOL64)
+
+
+def test_lstm_cell__every_call_starts_from_its_own_state(sub):
+    """One cell, called several times in different orders: hx=None always means zeros."""
+    I, H = 3, 4
+    ref = nn.LSTMCell(I, H).to(dtype=F64)
+    sub.new("LSTMCell", I, H, keep="rcell", state_dict=_sd(ref), to_dtype=F64)
+    x1, x2 = torch.randn(2, I, dtype=F64), torch.randn(3, I, dtype=F64)
+    hx = (torch.randn(2, H, dtype=F64) * 2, torch.randn(2, H, dtype=F64) * 2)
+    for x, state in ((x1, None), (x1, hx), (x1, None), (x2, None), (x1, hx), (x1, None)):
+        out = sub.call("@rcell", x, state)
+        assert_type(out, tuple, task="forward(input, hx=None) ... returns (h_new, c_new)", what="LSTMCell's result")
+        h_ref, c_ref = ref(x, state)
+        what = f"(B={x.shape[0]}, hx={'None' if state is None else 'given'}, after other calls)"
+        assert_close(out[0], h_ref.detach(), what="h_new " + what, **TOL64)
+        assert_close(out[1], c_ref.detach(), what="c_new " + what, **TOL64)
+
+
 @gpu
 def test_lstm_cell__cuda_matches_cpu(sub):
     B, I, H = 8, 5, 6
@@ -218,6 +246,18 @@ def test_gru_cell__init(sub):
     sub.new("GRUCell", I, H, keep="gfresh")
     _check_init(sub.state_dict("gfresh"), {k: tuple(v.shape) for k, v in nn.GRUCell(I, H).state_dict().items()},
                 H, "GRUCell")
+
+
+def test_gru_cell__every_call_starts_from_its_own_state(sub):
+    I, H = 3, 4
+    ref = nn.GRUCell(I, H).to(dtype=F64)
+    sub.new("GRUCell", I, H, keep="rgcell", state_dict=_sd(ref), to_dtype=F64)
+    x1, x2 = torch.randn(2, I, dtype=F64), torch.randn(3, I, dtype=F64)
+    h = torch.randn(2, H, dtype=F64) * 2
+    for x, state in ((x1, None), (x1, h), (x1, None), (x2, None), (x1, h), (x1, None)):
+        out = sub.call("@rgcell", x, state)
+        what = f"h_new (B={x.shape[0]}, hx={'None' if state is None else 'given'}, after other calls)"
+        assert_close(out, ref(x, state).detach(), what=what, **TOL64)
 
 
 @gpu
@@ -302,6 +342,31 @@ def test_recurrent_layer__length_one_batch_of_one(sub, device):
     assert_close(out, eout.detach(), what="output (T=1, B=1)", **TOL64)
     assert_close(h, eh[0].detach(), what="final h", **TOL64)
     assert_close(c, ec[0].detach(), what="final c", **TOL64)
+
+
+def test_recurrent_layer__every_call_starts_from_its_own_state(sub):
+    """One layer of each kind, called several times in different orders."""
+    I, H = 3, 4
+    lstm, gru = nn.LSTM(I, H).to(dtype=F64), nn.GRU(I, H).to(dtype=F64)
+    _layer(sub, "LSTMCell", I, H, _sd(lstm), "rl", False, "cpu")
+    _layer(sub, "GRUCell", I, H, _sd(gru), "rg", False, "cpu")
+    x1, x2 = torch.randn(4, 2, I, dtype=F64), torch.randn(3, 3, I, dtype=F64)
+    hc = (torch.randn(2, H, dtype=F64) * 2, torch.randn(2, H, dtype=F64) * 2)
+    for x, state in ((x1, None), (x1, hc), (x1, None), (x2, None), (x1, hc), (x1, None)):
+        got = sub.call("@rl", x, state)
+        assert_type(got, tuple, task="returns (output, state)", what="RecurrentLayer's result")
+        out, (hn, cn) = lstm(x, None if state is None else (state[0][None], state[1][None]))
+        what = f"(LSTM cell, B={x.shape[1]}, hx={'None' if state is None else 'given'}, after other calls)"
+        assert_close(got[0], out.detach(), what="output " + what, **TOL64)
+        assert_type(got[1], tuple, task="state is the cell's state after the last step, in the cell's own format",
+                    what="the final state of an LSTM cell")
+        assert_close(got[1][0], hn[0].detach(), what="final h " + what, **TOL64)
+        assert_close(got[1][1], cn[0].detach(), what="final c " + what, **TOL64)
+        g_state = None if state is None else state[0]
+        got = sub.call("@rg", x, g_state)
+        out, hn = gru(x, None if g_state is None else g_state[None])
+        assert_close(got[0], out.detach(), what="output (GRU cell, after other calls)", **TOL64)
+        assert_close(got[1], hn[0].detach(), what="final h (GRU cell, after other calls)", **TOL64)
 
 
 @gpu
@@ -412,6 +477,25 @@ def test_lstm_forward__float32(sub, device):
     assert_close(cn, ecn.float().detach(), what="c_n (float32)", **TOL32)
 
 
+def test_lstm_forward__two_layers_no_bias_batch_first_with_state(sub):
+    _lstm_case(sub, "cpu", T=3, B=2, I=3, H=2, L=2, bidirectional=True, batch_first=True, bias=False)
+
+
+def test_lstm_forward__every_call_starts_from_its_own_state(sub):
+    I, H, L = 3, 4, 2
+    ref = nn.LSTM(I, H, num_layers=L, bidirectional=True).to(dtype=F64)
+    sub.new("LSTM", I, H, num_layers=L, bidirectional=True, keep="rlstm", state_dict=_sd(ref), to_dtype=F64)
+    x1, x2 = torch.randn(4, 2, I, dtype=F64), torch.randn(2, 3, I, dtype=F64)
+    hx = (torch.randn(2 * L, 2, H, dtype=F64), torch.randn(2 * L, 2, H, dtype=F64))
+    for x, state in ((x1, None), (x1, hx), (x1, None), (x2, None), (x1, hx), (x1, None)):
+        got = sub.call("@rlstm", x, state)
+        out, (hn, cn) = ref(x, state)
+        what = f"(B={x.shape[1]}, hx={'None' if state is None else 'given'}, after other calls)"
+        assert_close(got[0], out.detach(), what="output " + what, **TOL64)
+        assert_close(got[1][0], hn.detach(), what="h_n " + what, **TOL64)
+        assert_close(got[1][1], cn.detach(), what="c_n " + what, **TOL64)
+
+
 @gpu
 def test_lstm_forward__cudnn(sub):
     """The student's LSTM on CUDA against cuDNN's nn.LSTM, and against itself on the CPU."""
@@ -478,3 +562,17 @@ def test_lstm_gate_trace__zero_state_length_one(sub, device):
 
 def test_lstm_gate_trace__no_bias(sub, device):
     _trace_case(sub, device, T=4, B=2, I=3, H=3, bias=False)
+
+
+def test_lstm_gate_trace__calls_in_any_order(sub):
+    I, H = 2, 3
+    ref = nn.LSTMCell(I, H).to(dtype=F64)
+    sub.new("LSTMCell", I, H, keep="tc2", state_dict=_sd(ref), to_dtype=F64)
+    x1, x2 = torch.randn(3, 2, I, dtype=F64), torch.randn(2, 1, I, dtype=F64)
+    hx = (torch.randn(2, H, dtype=F64), torch.randn(2, H, dtype=F64))
+    for x, state in ((x1, hx), (x1, None), (x2, None), (x1, hx)):
+        got = sub.call("lstm_gate_trace", Ref("tc2"), x, state)
+        assert_type(got, dict, task="returns a dict of (T, B, H) tensors", what="lstm_gate_trace's result")
+        want = _trace_ref(ref, x, state)
+        for k in "ifgohc":
+            assert_close(got[k], want[k], what=f'trace["{k}"] after other calls', **TOL64)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from autograder.api import Ref, assert_close, assert_number, check_tensor
+from autograder.api import Ref, assert_close, assert_list_of, assert_number, assert_type, check_tensor
 
 F64 = torch.float64
 TOL64 = dict(atol=1e-10, rtol=1e-8)
@@ -93,6 +93,15 @@ def test_masked_softmax__batch_of_one_single_key(sub, device):
     _softmax_case(sub, device, 1, 1, 1, torch.tensor([1]))
 
 
+def test_masked_softmax__calls_in_any_order(sub):
+    """The same scores with other lengths, and the other way round: nothing carries over between calls."""
+    scores = torch.randn(2, 3, 4, dtype=F64)
+    for vl in (torch.tensor([4, 1]), None, torch.tensor([[1, 2, 3], [4, 0, 2]]), torch.tensor([2.0, 3.0]),
+               torch.tensor([4, 1])):
+        got = sub.call("masked_softmax", scores, vl)
+        assert_close(got, _ref_masked_softmax(scores, vl), what=f"weights for valid_lens={vl} after other calls", **TOL64)
+
+
 # ----------------------------------------------------------------------------
 # Part 2: additive attention
 # ----------------------------------------------------------------------------
@@ -143,6 +152,23 @@ def test_additive_attention__no_mask_batch_of_one(sub, device):
 def test_additive_attention__per_query_lengths(sub, device):
     _additive_case(sub, device, B=2, Tq=3, Tk=5, kdim=3, qdim=3, A=4, Dv=2,
                    valid_lens=torch.tensor([[1, 3, 5], [2, 2, 4]]), grads=False)
+
+
+def test_additive_attention__calls_in_any_order(sub):
+    kdim, qdim, A, Dv = 3, 2, 4, 2
+    sd = {"W_k.weight": torch.randn(A, kdim, dtype=F64), "W_q.weight": torch.randn(A, qdim, dtype=F64),
+          "w_v.weight": torch.randn(1, A, dtype=F64)}
+    sub.new("AdditiveAttention", kdim, qdim, A, keep="add2", state_dict=sd, to_dtype=F64)
+    cases = []
+    for B, Tq, Tk, vl in ((2, 3, 4, torch.tensor([4, 2])), (1, 2, 5, None), (2, 1, 3, torch.tensor([[1], [3]]))):
+        cases.append((torch.randn(B, Tq, qdim, dtype=F64), torch.randn(B, Tk, kdim, dtype=F64),
+                      torch.randn(B, Tk, Dv, dtype=F64), vl))
+    for q, k, v, vl in cases + cases[::-1]:
+        got = sub.call("@add2", q, k, v, vl)
+        assert_type(got, tuple, task="It returns a tuple (output, weights)", what="AdditiveAttention's result")
+        out, w = _additive_ref(sd, q, k, v, vl)
+        assert_close(got[0], out, what="output after other calls", **TOL64)
+        assert_close(got[1], w, what="weights after other calls", **TOL64)
 
 
 # ----------------------------------------------------------------------------
@@ -267,6 +293,27 @@ def test_multi_head_attention__parameters(sub):
         assert float(sd["in_proj_weight"].abs().max()) <= bound + 1e-6, "in_proj_weight is not xavier-uniform"
 
 
+def test_multi_head_attention__calls_in_any_order(sub):
+    E, h = 8, 2
+    ref = nn.MultiheadAttention(E, h, batch_first=True).to(dtype=F64)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "bias" in name:
+                p.normal_()
+    sub.new("MultiHeadAttention", E, h, keep="mha2", state_dict=_sd(ref), to_dtype=F64)
+    q1, kv1 = torch.randn(2, 3, E, dtype=F64), torch.randn(2, 4, E, dtype=F64)
+    q2, kv2 = torch.randn(1, 5, E, dtype=F64), torch.randn(1, 2, E, dtype=F64)
+    kv3 = torch.randn(2, 4, E, dtype=F64)  # the same shapes as kv1, other values
+    m1 = torch.tensor([[False, True, False, False], [False, False, True, True]])
+    for q, kv, m in ((q1, kv1, m1), (q2, kv2, None), (q1, kv1, None), (q1, kv3, m1), (q2, kv2, torch.tensor([[True, False]])),
+                     (q1, kv1, m1)):
+        got = sub.call("@mha2", q, kv, kv, key_padding_mask=m)
+        assert_type(got, tuple, task="Return (attn_output, attn_weights)", what="MultiHeadAttention's result")
+        out, w = ref(q, kv, kv, key_padding_mask=m, need_weights=True, average_attn_weights=True)
+        assert_close(got[0], out.detach(), what="attn_output after other calls", **TOL64)
+        assert_close(got[1], w.detach(), what="attn_weights after other calls", **TOL64)
+
+
 @gpu
 def test_multi_head_attention__cuda(sub):
     """The student's MHA on CUDA against nn.MultiheadAttention on CUDA and against itself on the CPU."""
@@ -358,6 +405,22 @@ def test_decoder_step(sub, device):
 
 def test_decoder_step__batch_of_one_source_of_one(sub, device):
     _decoder_case(sub, device, B=1, S=1, V=5, E=3, H=2)
+
+
+def test_decoder_step__calls_in_any_order(sub):
+    V, E, H = 6, 3, 4
+    sd = _decoder_sd(V, E, H, "cpu")
+    sub.new("BahdanauDecoder", V, E, H, keep="dec2", state_dict=sd, to_dtype=F64)
+    cases = []
+    for B, S in ((2, 5), (3, 2), (1, 4)):
+        cases.append((torch.randint(V, (B,)), torch.randn(B, H, dtype=F64), torch.randn(B, S, H, dtype=F64),
+                      torch.randint(1, S + 1, (B,))))
+    for y, state, enc, lens in cases + cases[::-1]:
+        got = sub.call("@dec2", y, state, enc, lens)
+        assert_type(got, tuple, task="Return (logits, new_state, weights)", what="the decoder's result")
+        want = _decoder_step_ref(sd, y, state, enc, lens, prefix="")
+        for name, g, w in zip(("logits", "new state", "attention weights"), got, want):
+            assert_close(g, w.detach(), what=f"{name} after other calls", **TOL64)
 
 
 # ----------------------------------------------------------------------------
@@ -465,6 +528,57 @@ def test_greedy_decode__never_stops(sub, device):
     _greedy_case(sub, device, B=2, S=3, max_len=4, sd=sd)  # [5, 5, 5, 5] each
 
 
+@torch.no_grad()
+def _argmax_streams(sd, src, lens, max_len):
+    """The argmax token of every sequence at every step, ignoring <eos> (feeding back each argmax)."""
+    enc, state = _encode_ref(sd, src, lens)
+    y = torch.full((src.shape[0],), BOS, dtype=torch.long, device=src.device)
+    steps = []
+    for _ in range(max_len):
+        logits, state, _ = _decoder_step_ref(sd, y, state, enc, lens)
+        y = logits.argmax(-1)
+        steps.append(y.tolist())
+    return [list(col) for col in zip(*steps)]  # (B, max_len)
+
+
+def _writes_after_eos(streams, max_len):
+    """Whether some sequence would emit a non-<eos> token after its first <eos>, while others still run."""
+    ends = [s.index(EOS) if EOS in s else max_len for s in streams]
+    last_step = min(max(ends), max_len - 1)  # the loop runs at least until every sequence has ended
+    return any(EOS in s and any(t != EOS for t in s[ends[b] + 1 : last_step + 1]) for b, s in enumerate(streams))
+
+
+def test_greedy_decode__nothing_after_eos(sub, device):
+    """A sequence that has emitted <eos> gets no more tokens, even when the model goes on writing."""
+    B, S, max_len = 6, 6, 8
+    sd = _model_sd(device)
+    src = _source_batch(B, S, device)
+    for eos_bias in torch.arange(0.0, 12.0, 0.25).tolist():
+        trial = {k: v.clone() for k, v in sd.items()}
+        trial["decoder.dense.bias"][EOS] += eos_bias
+        streams = _argmax_streams(trial, *src, max_len)
+        lengths = [s.index(EOS) if EOS in s else max_len for s in streams]  # the lengths greedy decoding gives
+        if _writes_after_eos(streams, max_len) and max(lengths) == max_len:
+            break
+    else:
+        raise RuntimeError("test setup: no <eos> bias makes a finished sequence write on while another runs")
+    assert _writes_after_eos(streams, max_len) and min(lengths) < max_len  # the property this case is for
+    _greedy_case(sub, device, B, S, max_len, trial, src=src)
+
+
+def test_greedy_decode__max_len_zero_and_repeated_calls(sub):
+    sd = _model_sd("cpu")
+    sub.new("Seq2SeqAttention", SRC_V, TGT_V, EMB, HID, keep="s2s2", state_dict=sd, to_dtype=F64)
+    a, b = _source_batch(3, 5, "cpu"), _source_batch(2, 3, "cpu")
+    got = sub.call("greedy_decode", Ref("s2s2"), *a, max_len=0)
+    assert got == [[], [], []], f"max_len=0 allows no token: expected [[], [], []], got {got}"
+    for (src, lens), max_len in ((a, 4), (b, 6), (a, 4), (b, 2), (a, 6)):
+        got = sub.call("greedy_decode", Ref("s2s2"), src, lens, max_len=max_len)
+        assert_list_of(got, list, task="Return a Python list of B lists of int token ids", what="greedy_decode's result",
+                       length=src.shape[0])
+        assert got == _greedy_ref(sd, src, lens, max_len), f"greedy_decode after other calls returned {got}"
+
+
 def test_greedy_decode__batch_of_one(sub, device):
     _greedy_case(sub, device, B=1, S=1, max_len=5, sd=_model_sd(device))
 
@@ -512,6 +626,16 @@ def test_bleu__empty_and_too_short(sub):
     _bleu(sub, "ab", "ab", 2, 1.0, "BLEU-2 of a 2-token exact match")
 
 
+def test_bleu__default_max_n_and_repeated_calls(sub):
+    cand, ref = list("2021-03-04"), list("2021-03-03")
+    got = sub.call("bleu", cand, ref)
+    assert_type(got, float, task="returns a Python float", what="bleu(...) with the default max_n")
+    assert_number(got, 0.6 ** 0.25, atol=1e-9, rtol=1e-9, what="BLEU with the default max_n=4")
+    for c, r, n, want in ((cand, ref, 4, 0.6 ** 0.25), ("the the the the".split(), "the cat the mat".split(), 1, 0.5),
+                          (cand, ref, 4, 0.6 ** 0.25), ([], ref, 2, 0.0), (cand, ref, 4, 0.6 ** 0.25)):
+        _bleu(sub, c, r, n, want, "BLEU after other calls")
+
+
 # ----------------------------------------------------------------------------
 # Part 8: training to a threshold
 # ----------------------------------------------------------------------------
@@ -542,3 +666,112 @@ def test_train_dates(sub):
     preds = ["".join(TGT_ITOS[i] if 0 <= i < len(TGT_ITOS) else "?" for i in row) for row in ids]
     em = sum(p == t for p, (_, t) in zip(preds, held_out)) / len(held_out)
     assert em >= 0.7, f"exact match {em:.3f} on {len(held_out)} held-out dates is below 0.7 (e.g. {preds[:3]})"
+
+
+# The process of train_date_model. The task leaves the sizes, the optimiser, the
+# learning rate and the batch size to the student, so the reference here is not a
+# whole loop but the first update: with num_steps=0 the function returns the
+# untrained model (its weights depend on the seed only), with num_steps=1 the
+# same model after one update. On a training set of one repeated pair, every
+# minibatch is the same whatever the batch size and the random stream, and the
+# first step of Adam, SGD or RMSprop moves every weight against the sign of the
+# gradient of the task's loss, computed here in float64 from the same weights.
+
+MODEL_KEYS = {"src_embedding.weight", "encoder.weight_ih_l0", "encoder.weight_hh_l0", "encoder.bias_ih_l0",
+              "encoder.bias_hh_l0", "decoder.embedding.weight", "decoder.attention.W_k.weight",
+              "decoder.attention.W_q.weight", "decoder.attention.w_v.weight", "decoder.rnn.weight_ih",
+              "decoder.rnn.weight_hh", "decoder.rnn.bias_ih", "decoder.rnn.bias_hh", "decoder.dense.weight",
+              "decoder.dense.bias"}
+TRAIN_TASK = ("build a Seq2SeqAttention ..., train it with teacher forcing on train_pairs ... for exactly "
+              "num_steps parameter updates, and return the trained model (on the CPU, in eval mode)")
+
+
+def _trained_sd(sub, pairs, num_steps, seed, keep):
+    sub.run("train_date_model", args=(pairs,), kwargs={"num_steps": num_steps, "seed": seed}, keep=keep)
+    sd = sub.state_dict(keep)
+    assert set(sd) == MODEL_KEYS, f"the returned model should be a Seq2SeqAttention, got parameters {sorted(sd)}"
+    for name, v in sd.items():
+        check_tensor(v, device="cpu", what=f"{name} of the returned model")
+    return sd
+
+
+def _encode_strings(strings, itos):
+    stoi = {c: i for i, c in enumerate(itos)}
+    seqs = [[stoi[c] for c in s] + [EOS] for s in strings]
+    S = max(map(len, seqs))
+    ids = torch.full((len(seqs), S), PAD, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.tensor(s)
+    return ids, torch.tensor([len(s) for s in seqs])
+
+
+def _teacher_forcing_grads(sd, pairs, ignore_pad=True):
+    """Gradients of the mean cross-entropy of teacher forcing on ``pairs`` (one batch), in float64."""
+    p = {k: v.double().clone().requires_grad_(True) for k, v in sd.items()}
+    src, lens = _encode_strings([s for s, _ in pairs], SRC_ITOS)
+    tgt, _ = _encode_strings([t for _, t in pairs], TGT_ITOS)
+    B, S = src.shape
+    H = p["encoder.weight_hh_l0"].shape[1]
+    emb = p["src_embedding.weight"][src]  # (B, S, E)
+    h, outs = torch.zeros(B, H, dtype=F64), []
+    for t in range(S):  # a GRU over each source's valid part; zeros beyond it, as pad_packed_sequence gives
+        new = _gru_cell(emb[:, t], h, p["encoder.weight_ih_l0"], p["encoder.weight_hh_l0"],
+                        p["encoder.bias_ih_l0"], p["encoder.bias_hh_l0"])
+        valid = (t < lens)[:, None]
+        h = torch.where(valid, new, h)
+        outs.append(torch.where(valid, new, torch.zeros_like(new)))
+    enc, state = torch.stack(outs, dim=1), h
+    tgt_in = torch.cat([torch.full_like(tgt[:, :1], BOS), tgt[:, :-1]], dim=1)  # (B, T): <bos> + shifted
+    logits = []
+    for t in range(tgt.shape[1]):
+        step, state, _ = _decoder_step_ref(p, tgt_in[:, t], state, enc, lens)
+        logits.append(step)
+    logits = torch.stack(logits, dim=1)  # (B, T, V)
+    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                       ignore_index=PAD if ignore_pad else -100)
+    grads = torch.autograd.grad(loss, list(p.values()), allow_unused=True)
+    return {k: torch.zeros_like(p[k]) if g is None else g for k, g in zip(p, grads)}
+
+
+def test_train_dates__num_steps_zero_is_the_untrained_model(sub):
+    pairs = [("7 March 2021", "2021-03-07"), ("12/25/1999", "1999-12-25")] * 8
+    sd = _trained_sd(sub, pairs, 0, 3, "untrained")
+    again = _trained_sd(sub, pairs, 0, 3, "untrained_again")
+    other = _trained_sd(sub, pairs, 0, 4, "untrained_other_seed")
+    for name in MODEL_KEYS:
+        assert torch.equal(sd[name], again[name]), f"two calls with the same seed give different {name}"
+    assert any(not torch.equal(sd[n], other[n]) for n in MODEL_KEYS), "seed=3 and seed=4 give the same model"
+    bound = 1 / math.sqrt(sd["encoder.weight_hh_l0"].shape[1])
+    for name in MODEL_KEYS - {"src_embedding.weight", "decoder.embedding.weight"}:
+        worst = float(sd[name].abs().max())
+        assert worst <= bound + 1e-6, (f"with num_steps=0 the model must be untrained (default initialisation, "
+                                       f"|w| <= 1/sqrt(H) = {bound:.4f}), but {name} reaches {worst:.4f}")
+
+
+def test_train_dates__first_update_follows_the_teacher_forcing_gradient(sub):
+    pair = ("7 March 2021", "2021-03-07")
+    sd0 = _trained_sd(sub, [pair] * 64, 0, 0, "step0")
+    sd1 = _trained_sd(sub, [pair] * 64, 1, 0, "step1")
+    assert {k: v.shape for k, v in sd0.items()} == {k: v.shape for k, v in sd1.items()}
+    grads = _teacher_forcing_grads(sd0, [pair])
+    delta = torch.cat([(sd0[k].double() - sd1[k].double()).flatten() for k in sorted(MODEL_KEYS)])
+    g = torch.cat([grads[k].flatten() for k in sorted(MODEL_KEYS)])
+    assert bool((delta != 0).any()), "num_steps=1 left the model unchanged: exactly one update was expected"
+    big = g.abs() > 1e-3 * g.abs().max()
+    assert int(big.sum()) > 100  # the property this case relies on: many weights with a clear gradient
+    agree = float((torch.sign(delta[big]) == torch.sign(g[big])).double().mean())
+    assert agree >= 0.9, (f"the first update moves only {100 * agree:.0f}% of the weights against the gradient of the "
+                          f"task's loss (teacher forcing: decoder input <bos> + target[:-1], cross-entropy over every "
+                          f"target token including <eos>)")
+
+
+def test_train_dates__padding_is_ignored(sub):
+    # A 1-character and a 10-character target: in a batch with both, the short one is padded with 9 <pad>.
+    pairs = [("3/7/2021", "1"), ("7 March 2021", "2021-03-07")]
+    sd0 = _trained_sd(sub, pairs * 32, 0, 0, "pad0")
+    sd1 = _trained_sd(sub, pairs * 32, 1, 0, "pad1")
+    right = float(_teacher_forcing_grads(sd0, pairs)["decoder.dense.bias"][PAD])
+    wrong = float(_teacher_forcing_grads(sd0, pairs, ignore_pad=False)["decoder.dense.bias"][PAD])
+    assert right > 0 > wrong  # the property this case relies on: only a loss on <pad> raises the <pad> logit
+    moved = float(sd0["decoder.dense.bias"][PAD].double() - sd1["decoder.dense.bias"][PAD].double())
+    assert moved > 0, "after one update the <pad> logit went up: <pad> targets are not ignored in the loss"
