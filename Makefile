@@ -22,19 +22,25 @@ endif
 
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: help env book test test-fast test-gpu lock clean generate check-release collect grade feedback export grading-limits
+.PHONY: help env browser book test test-fast test-gpu lock clean generate check-release collect grade feedback export grading-limits
 help:
 	@sed -n '3,5p' Makefile
 
 env:
 	@bash tools/ensure-env.sh
 
+# Headless Chromium and CJK fonts for tests/test_browser.py (Debian packages,
+# installed when missing and running as root; otherwise the test is skipped).
+browser:
+	@bash tools/ensure-browser.sh
+
 book: env
 	@rm -f _build/.book-ok
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	@touch _build/.book-ok
 	@echo "Open _build/html/index.html"
 
-test: env
+test: env browser
 	$(PY) -m pytest $(PYTEST_ARGS) --durations=15
 
 # Everything but the book build, for quick iterations.

@@ -120,3 +120,42 @@ def spectral_radius(weight: torch.Tensor) -> float:
     if weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
         raise ValueError(f"weight must be a square (H, H) matrix, got {tuple(weight.shape)}")
     return float(torch.linalg.eigvals(weight.detach().double().cpu()).abs().max())
+
+
+def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Return ``x`` unchanged, but multiply the gradient flowing back through it by ``factor``.
+
+    ``factor * x + (1 - factor) * x.detach()`` has the value of ``x`` and the
+    derivative ``factor``: ``factor = 0`` is ``x.detach()`` (truncation), ``1``
+    is ``x`` itself.
+    """
+    return factor * x + (1 - factor) * x.detach()
+
+
+def recurrent_weight_grad(rnn: nn.RNN, inputs: torch.Tensor, factors) -> torch.Tensor:
+    """Gradient of :func:`last_step_loss` with respect to ``rnn.weight_hh_l0``, with scaled paths.
+
+    The step from ``h_{t-1}`` into ``h_t`` passes its gradient multiplied by
+    ``factors[t-1]`` (via :func:`scale_grad`). All ones is full BPTT; a zero at
+    step ``t`` cuts every path through time that crosses it (truncated BPTT);
+    ``Bernoulli(p) / p`` factors give randomised truncation, unbiased in
+    expectation (Tallec & Ollivier, 2017).
+
+    Args:
+        rnn: a one-layer, unidirectional, seq-first ``nn.RNN``.
+        inputs: ``(T, B, I)``.
+        factors: ``T`` numbers (a list or a ``(T,)`` tensor).
+
+    Returns:
+        ``(H, H)``, the gradient in PyTorch's layout (that of ``weight_hh_l0``).
+    """
+    if not isinstance(rnn, nn.RNN) or rnn.num_layers != 1 or rnn.bidirectional or rnn.batch_first:
+        raise TypeError("rnn must be a one-layer, unidirectional, seq-first nn.RNN")
+    if inputs.dim() != 3 or len(factors) != inputs.shape[0]:
+        raise ValueError(f"inputs must be (T, B, I) and factors hold T numbers; got {tuple(inputs.shape)} "
+                         f"and {len(factors)} factors")
+    h = inputs.new_zeros(1, inputs.shape[1], rnn.hidden_size)  # (1, B, H)
+    for x_t, factor in zip(inputs, factors):  # x_t: (B, I)
+        _, h = rnn(x_t[None], scale_grad(h, float(factor)))  # one step; h: (1, B, H)
+    (grad,) = torch.autograd.grad(last_step_loss(h), rnn.weight_hh_l0)
+    return grad

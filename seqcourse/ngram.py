@@ -1,4 +1,4 @@
-"""Counting n-grams, add-k smoothed n-gram language models, and Zipf's law.
+"""Counting n-grams, add-k and Kneser–Ney n-gram language models, and Zipf's law.
 
 An n-gram model makes the Markov assumption of order ``n - 1``: the next token
 depends only on the previous ``n - 1`` tokens,
@@ -184,6 +184,21 @@ class NGramLM:
         return sum(self._log_prob_ids(nxt, self._context(ids[max(0, t - self.n + 1):t]))
                    for t, nxt in enumerate(ids))
 
+    def token_log_probs(self, ids: Sequence[int]) -> list[float]:
+        """``log P(ids[t] | ids[:t])`` for ``t = 1 .. N-1``, from token ids.
+
+        The interface of :func:`seqcourse.lm.heldout_perplexity`: like a
+        neural model, the first token is context only, so n-gram and neural
+        models are scored on the same ``N - 1`` predictions.
+        """
+        self._check_fitted()
+        ids = [int(i) for i in ids]
+        V = len(self.vocab)
+        if any(not 0 <= i < V for i in ids):
+            raise ValueError(f"token ids must lie in [0, {V}) for this model's vocabulary")
+        return [self._log_prob_ids(ids[t], self._context(ids[max(0, t - self.n + 1):t]))
+                for t in range(1, len(ids))]
+
     def cross_entropy(self, tokens: Sequence[str]) -> float:
         """Mean negative log-likelihood in nats per token: ``-sequence_log_prob(tokens) / L``."""
         return -self.sequence_log_prob(tokens) / len(tokens)
@@ -220,6 +235,83 @@ class NGramLM:
     def __repr__(self) -> str:
         V = len(self.vocab) if self.vocab is not None else None
         return f"NGramLM(n={self.n}, k={self.k:g}, V={V}, contexts={len(self.next_counts)})"
+
+
+class KneserNeyLM(NGramLM):
+    """An interpolated Kneser–Ney n-gram model (Chen & Goodman, 1999).
+
+    Every order subtracts a fixed discount ``D`` from each seen count and
+    gives the mass it freed to the next lower order, recursively down to a
+    uniform distribution over the ``V`` vocabulary entries::
+
+        P(w | c) = max(N(c, w) - D, 0) / N(c)  +  D * T(c) / N(c) * P(w | c')
+
+    where ``c'`` drops the oldest token of ``c`` and ``T(c)`` is the number of
+    distinct tokens seen after ``c``. For the highest order ``N`` is the
+    ordinary count; for the lower orders it is the *continuation count*, the
+    number of distinct tokens seen *before* ``(c, w)``: a lower order is only
+    consulted when the longer context is rare, so it should rank a word by
+    how many contexts it completes, not by how often it occurs ("Francisco"
+    is frequent, but almost always after "San"). A context never seen falls
+    through to the next lower order. Each distribution sums to 1.
+
+    Args:
+        n: order of the model.
+        discount: ``D`` in ``(0, 1]``.
+        vocab: as in :class:`NGramLM`.
+    """
+
+    def __init__(self, n: int, discount: float = 0.75, vocab: Vocab | None = None):
+        super().__init__(n, k=0.0, vocab=vocab)
+        if isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0 < discount <= 1:
+            raise ValueError(f"discount must be a number in (0, 1], got {discount!r}")
+        self.discount = float(discount)
+        # tables[m] maps a context of m ids to (Counter of next ids, their total, distinct next ids)
+        self.tables: list[dict[tuple, tuple]] = []
+
+    def fit(self, tokens: Sequence[str]) -> "KneserNeyLM":
+        """Count, then derive the continuation counts of the lower orders."""
+        super().fit(tokens)
+        continuation: dict[tuple, collections.Counter] = {}
+        for context, followers in self.next_counts.items():
+            if len(context) == 0:
+                continue
+            # each n-gram (x, c..., w) adds one distinct left neighbour x to (c..., w)
+            for w in followers:
+                continuation.setdefault(context[1:], collections.Counter())[w] += 1
+        self.tables = [{} for _ in range(self.n)]
+        for context, followers in self.next_counts.items():
+            counts = followers if len(context) == self.n - 1 else continuation.get(context)
+            if counts:
+                self.tables[len(context)][context] = (counts, sum(counts.values()), len(counts))
+        return self
+
+    def _log_prob_ids(self, nxt: int, context: tuple) -> float:
+        p, D = 1.0 / len(self.vocab), self.discount
+        for m in range(len(context) + 1):  # from the empty context up to the full one
+            entry = self.tables[m].get(context[len(context) - m:])
+            if entry is None:  # context never seen: keep the lower-order estimate
+                continue
+            counts, total, types = entry
+            p = max(counts.get(nxt, 0) - D, 0.0) / total + D * types / total * p
+        return math.log(p)
+
+    def _distribution_ids(self, context: tuple) -> torch.Tensor:
+        V, D = len(self.vocab), self.discount
+        probs = torch.full((V,), 1.0 / V, dtype=torch.float64)  # (V,)
+        for m in range(len(context) + 1):
+            entry = self.tables[m].get(context[len(context) - m:])
+            if entry is None:
+                continue
+            counts, total, types = entry
+            probs = probs * (D * types / total)
+            idx = torch.tensor(list(counts.keys()))
+            probs[idx] += (torch.tensor(list(counts.values()), dtype=torch.float64) - D) / total
+        return probs
+
+    def __repr__(self) -> str:
+        V = len(self.vocab) if self.vocab is not None else None
+        return f"KneserNeyLM(n={self.n}, discount={self.discount:g}, V={V})"
 
 
 def fit_zipf(counts, min_rank: int = 1, max_rank: int | None = None) -> tuple[float, float]:

@@ -1,12 +1,13 @@
 """A vanilla RNN in NumPy (float64): forward pass, manual BPTT, gradient clipping.
 
-The layout follows PyTorch's ``nn.RNN`` (column vectors, one weight matrix
-per connection, two bias vectors), so weights can be copied in both
-directions with :func:`params_from_torch`::
+The weights are stored in PyTorch's ``nn.RNN`` layout (``(out, in)``, one
+weight matrix per connection, two bias vectors), so they can be copied in
+both directions with :func:`params_from_torch`. The book writes row vectors,
 
-    h_t = phi(W_ih @ x_t + b_ih + W_hh @ h_{t-1} + b_hh)
+    h_t = phi(x_t W_xh + h_{t-1} W_hh + b_h),   W_xh = W_ih.T (I, H),  W_hh = W_hh_torch.T,
 
-Arrays are batched row-wise, so in code the products read ``x_t @ W_ih.T``.
+so in code the products read ``x_t @ W_ih.T`` and ``h @ W_hh.T``, with
+``b_h = b_ih + b_hh``.
 Shapes use the book's letters: T time steps, B batch, I input size,
 H hidden size.  Everything is seq-first: ``X`` is ``(T, B, I)``.
 """

@@ -7,8 +7,9 @@ Every model here follows one interface (chapter 11)::
     logits, state = decoder(Y_in, state)         # Y_in: (B, T) -> logits (B, T, V)
 
 so that training, greedy decoding and beam search are written once and work
-for every decoder: the three "where does the context go" variants and the
-decoder with additive (Bahdanau) attention.
+for every decoder: the three "where does the context go" variants, the
+decoder with additive (Bahdanau) attention and the decoder with
+multiplicative (Luong) attention.
 
 Sequences are padded on the right with ``<pad>`` and end with ``<eos>``;
 ``valid_len`` counts the tokens before the padding (``<eos>`` included).
@@ -371,6 +372,92 @@ class AttentionDecoder(Decoder):
 
 
 # ----------------------------------------------------------------------------
+# Multiplicative (Luong) attention
+# ----------------------------------------------------------------------------
+
+
+class MultiplicativeAttention(nn.Module):
+    """Luong's scores: ``"dot"`` s^T h, or ``"general"`` s^T W_a h; softmax over the valid keys.
+
+    Args:
+        query_size, key_size: widths of queries and keys (equal for ``"dot"``).
+        score: ``"dot"`` (no parameters) or ``"general"`` (a learned ``W_a``).
+    """
+
+    SCORES = ("dot", "general")
+
+    def __init__(self, query_size: int, key_size: int, score: str = "general"):
+        super().__init__()
+        if score not in self.SCORES:
+            raise ValueError(f"score must be one of {self.SCORES}, got {score!r}")
+        if score == "dot" and query_size != key_size:
+            raise ValueError(f"the dot score needs query_size == key_size, got {query_size} and {key_size}; "
+                             f"use score='general'")
+        self.score = score
+        self.W_a = nn.Linear(key_size, query_size, bias=False) if score == "general" else None
+
+    def forward(self, queries, keys, values, mask):
+        """All queries of a sequence at once.
+
+        Args: queries ``(B, T, Hq)``; keys ``(B, S, Hk)``; values ``(B, S, Hv)``;
+        mask ``(B, S)`` bool, True at valid source positions.
+
+        Returns: contexts ``(B, T, Hv)`` and weights ``(B, T, S)``.
+        """
+        proj = keys if self.W_a is None else self.W_a(keys)  # (B, S, Hq)
+        scores = torch.bmm(queries, proj.transpose(1, 2))  # (B, T, Hq) @ (B, Hq, S) -> (B, T, S)
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1)  # (B, T, S)
+        return torch.bmm(weights, values), weights  # (B, T, Hv)
+
+
+class LuongDecoder(Decoder):
+    """A GRU decoder with multiplicative attention queried by the *current* state.
+
+    Bahdanau's decoder queries with ``s_{t-1}`` and feeds the context into the
+    GRU; Luong's first updates ``s_t = GRU(e(y_{t-1}), s_{t-1})``, then
+    attends with ``s_t`` and predicts from ``tanh(W_c [c_t; s_t])``. Since the
+    context no longer enters the recurrence, the GRU runs over the whole
+    target in one call and attention is computed for all steps at once.
+    The weights of the last call are kept in ``self.attention_weights``
+    ``(B, T, S)``.
+
+    Args:
+        vocab_size, embed_size, hidden_size, num_layers: as :class:`ContextDecoder`.
+        score: ``"dot"`` or ``"general"`` (see :class:`MultiplicativeAttention`).
+    """
+
+    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int = 1,
+                 score: str = "general"):
+        super().__init__()
+        self.attention = MultiplicativeAttention(hidden_size, hidden_size, score)
+        self.embedding = nn.Embedding(vocab_size, embed_size)
+        self.rnn = nn.GRU(embed_size, hidden_size, num_layers, batch_first=True)
+        self.W_c = nn.Linear(2 * hidden_size, hidden_size)
+        self.head = nn.Linear(hidden_size, vocab_size)
+        self.attention_weights = None
+
+    def init_state(self, enc_outputs, valid_len):
+        outputs, enc_state = enc_outputs  # (B, S, H), (L, B, H)
+        if enc_state.shape[0] != self.rnn.num_layers or enc_state.shape[2] != self.rnn.hidden_size:
+            raise ValueError(f"encoder state {tuple(enc_state.shape)} does not match the decoder's "
+                             f"(num_layers={self.rnn.num_layers}, hidden_size={self.rnn.hidden_size})")
+        return outputs, enc_state, sequence_mask(valid_len, outputs.shape[1])
+
+    def forward(self, Y_in, state):
+        outputs, hidden, mask = state
+        s, hidden = self.rnn(self.embedding(Y_in), hidden)  # (B, T, H): s_1 .. s_T
+        context, weights = self.attention(s, outputs, outputs, mask)  # (B, T, H), (B, T, S)
+        self.attention_weights = weights.detach()
+        h_tilde = torch.tanh(self.W_c(torch.cat([context, s], dim=-1)))  # (B, T, H)
+        return self.head(h_tilde), (outputs, hidden, mask)  # (B, T, V)
+
+    def reorder_state(self, state, index):
+        outputs, hidden, mask = state
+        return outputs.index_select(0, index), hidden.index_select(1, index), mask.index_select(0, index)
+
+
+# ----------------------------------------------------------------------------
 # Training: teacher forcing and a masked loss
 # ----------------------------------------------------------------------------
 
@@ -600,9 +687,11 @@ def bleu(pred_tokens: Sequence[str], ref_tokens: Sequence[str], max_n: int = 4) 
     """BLEU of one prediction against one reference.
 
     ``exp(min(0, 1 - len_ref / len_pred)) * prod_n p_n ** (1 / 2**n)`` for
-    ``n = 1 .. max_n``, where ``p_n`` is the clipped n-gram precision.  Longer
-    n-grams weigh more (their exponent is smaller, and ``p_n <= 1``).  Orders
-    longer than the prediction have no n-grams and are skipped.
+    ``n = 1 .. max_n``, where ``p_n`` is the clipped n-gram precision.  The
+    exponents ``1 / 2**n`` shrink with ``n``, and ``p_n <= 1``, so a given
+    precision costs less at a long order than at a short one: long n-grams,
+    which are harder to match, count less in the product.  Orders longer than
+    the prediction have no n-grams and are skipped.
 
     Args:
         pred_tokens, ref_tokens: token lists (characters or words).

@@ -174,3 +174,110 @@ def test_embedding_lookup_equals_one_hot_times_matrix():
     assert torch.allclose(grad_lookup, grad_product)
     untouched = sorted(set(range(7)) - set(ids.flatten().tolist()))
     assert torch.all(grad_lookup[untouched] == 0)  # only looked-up rows get a gradient
+
+
+def test_cbow_examples_windows_and_mask():
+    ctx, mask, cen = embeddings.cbow_examples([[1, 2, 3]], max_window=1)
+    assert cen.tolist() == [1, 2, 3]
+    assert ctx.shape == mask.shape == (3, 2)
+    got = [sorted(c for c, m in zip(row, mrow) if m) for row, mrow in zip(ctx.tolist(), mask.tolist())]
+    assert got == [[2], [1, 3], [2]]
+    ctx, mask, cen = embeddings.cbow_examples([[4], [5, 6]], max_window=3)
+    assert cen.tolist() == [5, 6] and mask.sum().item() == 2  # a one-token sentence gives no example
+    with pytest.raises(ValueError, match="max_window"):
+        embeddings.cbow_examples([[1, 2]], max_window=0)
+
+
+def test_cbow_loss_formula_and_gradcheck():
+    torch.manual_seed(0)
+    m = embeddings.CBOWNS(7, 4).double()
+    torch.nn.init.normal_(m.center_emb.weight)
+    ctx = torch.tensor([[1, 2, 0], [3, 4, 5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    cen, neg = torch.tensor([6, 0]), torch.tensor([[5, 3], [1, 2]])
+    h = torch.stack([m.context_emb.weight[[1, 2]].mean(0), m.context_emb.weight[[3, 4, 5]].mean(0)])
+    u, un = m.center_emb.weight[cen], m.center_emb.weight[neg]
+    ref = -(torch.log(torch.sigmoid((u * h).sum(1)))
+            + torch.log(torch.sigmoid(-(un @ h.unsqueeze(2)).squeeze(2))).sum(1)).mean()
+    assert torch.allclose(m(ctx, mask, cen, neg), ref)
+
+    def fn(Wctx, Wcen):  # CBOWNS.forward with the tables as explicit inputs
+        hh = (Wctx[ctx] * mask.unsqueeze(2)).sum(1) / mask.sum(1, keepdim=True)
+        return -(F.logsigmoid((Wcen[cen] * hh).sum(1))
+                 + F.logsigmoid(-(Wcen[neg] @ hh.unsqueeze(2)).squeeze(2)).sum(1)).mean()
+
+    W1 = m.context_emb.weight.detach().clone().requires_grad_(True)
+    W2 = m.center_emb.weight.detach().clone().requires_grad_(True)
+    assert torch.allclose(fn(W1, W2), ref)
+    assert torch.autograd.gradcheck(fn, (W1, W2))
+    with pytest.raises(ValueError, match="contexts"):
+        m(ctx, mask[:1], cen, neg)
+    with pytest.raises(ValueError, match="at least one context word"):
+        m(ctx, torch.zeros_like(mask), cen, neg)
+
+
+def _two_topics():
+    # two "topics" whose words only co-occur within the topic
+    rng = np.random.default_rng(0)
+    sents = [list(rng.choice([1, 2, 3, 4], 8)) for _ in range(60)] + [list(rng.choice([5, 6, 7, 8], 8)) for _ in range(60)]
+    return [[int(w) for w in s] for s in sents]
+
+
+def test_train_cbow_learns_cooccurrence():
+    sents = _two_topics()
+    counts = collections.Counter(w for s in sents for w in s)
+    model, hist = embeddings.train_cbow(sents, 9, counts, embed_size=8, num_epochs=6, batch_size=64, lr=2e-2)
+    assert hist["loss"][-1] < hist["loss"][0]
+    W = model.context_emb.weight.detach()
+    nb = [w for w, _ in embeddings.nearest("5", W, [str(i) for i in range(9)], k=3, exclude=["0"])]
+    assert set(nb) == {"6", "7", "8"}
+
+
+def test_cooccurrence_counts_by_hand():
+    X = embeddings.cooccurrence_counts([[0, 1, 2], [2, 0]], 3, window=2)
+    expected = torch.tensor([[0, 1, 0.5 + 1], [1, 0, 1], [0.5 + 1, 1, 0]], dtype=torch.float64)
+    assert torch.equal(X, expected)
+    X1 = embeddings.cooccurrence_counts([[0, 1, 2]], 3, window=1)
+    assert X1[0, 2] == 0 and X1[0, 1] == 1
+    with pytest.raises(ValueError, match="vocab_size"):
+        embeddings.cooccurrence_counts([[0, 5]], 3)
+    with pytest.raises(ValueError, match="window"):
+        embeddings.cooccurrence_counts([[0, 1]], 3, window=0)
+
+
+def test_glove_loss_formula_weighting_and_gradcheck():
+    assert torch.allclose(embeddings.glove_weight(torch.tensor([1.0, 100.0, 400.0])),
+                          torch.tensor([0.01 ** 0.75, 1.0, 1.0]))
+    torch.manual_seed(0)
+    m = embeddings.GloVe(5, 3).double()
+    for p in m.parameters():
+        torch.nn.init.normal_(p)
+    i, j, x = torch.tensor([0, 1, 4]), torch.tensor([2, 3, 4]), torch.tensor([1.0, 50.0, 300.0], dtype=torch.float64)
+    W, Wt, b, bt = (p.detach().clone().requires_grad_(True) for p in
+                    (m.center_emb.weight, m.context_emb.weight, m.center_bias.weight, m.context_bias.weight))
+
+    def fn(W, Wt, b, bt):  # GloVe.forward with the parameters as explicit inputs
+        pred = (W[i] * Wt[j]).sum(1) + b[i, 0] + bt[j, 0]
+        f = torch.clamp((x / 100) ** 0.75, max=1.0)
+        return (f * (pred - torch.log(x)) ** 2).mean()
+
+    assert torch.allclose(m(i, j, x), fn(W, Wt, b, bt))
+    assert torch.autograd.gradcheck(fn, (W, Wt, b, bt))
+    assert torch.equal(m.vectors(), (m.center_emb.weight + m.context_emb.weight).detach())
+    with pytest.raises(ValueError, match="non-zero"):
+        m(i, j, torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\(B,\)"):
+        m(i, j[:2], x)
+
+
+def test_train_glove_fits_log_counts():
+    sents = _two_topics()
+    X = embeddings.cooccurrence_counts(sents, 9, window=3)
+    model, hist = embeddings.train_glove(X, embed_size=8, num_epochs=60, batch_size=16, lr=0.1)
+    assert hist["loss"][-1] < 0.1 * hist["loss"][0]
+    nb = [w for w, _ in embeddings.nearest("5", model.vectors(), [str(i) for i in range(9)], k=3, exclude=["0"])]
+    assert set(nb) == {"6", "7", "8"}
+    with pytest.raises(ValueError, match="square"):
+        embeddings.train_glove(torch.ones(3, 4))
+    with pytest.raises(ValueError, match="non-zero"):
+        embeddings.train_glove(torch.zeros(3, 3))

@@ -106,3 +106,45 @@ def test_bad_inputs():
         gr.set_spectral_radius_(torch.zeros(3, 3), 1.0)
     with pytest.raises(ValueError, match="square"):
         gr.spectral_radius(torch.randn(2, 3))
+
+
+def test_scale_grad_keeps_the_value_and_scales_the_gradient():
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    y = gr.scale_grad(x, 0.25)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.full((3,), 0.25, dtype=torch.float64))
+
+
+def test_recurrent_weight_grad_full_truncated_and_randomised():
+    torch.manual_seed(0)
+    T, B, I, H = 12, 3, 4, 5
+    rnn = torch.nn.RNN(I, H).double()
+    X = torch.randn(T, B, I, dtype=torch.float64)
+    # all ones: full BPTT, the gradient autograd gives for the whole sequence at once
+    full = gr.recurrent_weight_grad(rnn, X, [1.0] * T)
+    out, _ = rnn(X)
+    (ref,) = torch.autograd.grad(out[-1].sum(), rnn.weight_hh_l0)
+    assert torch.allclose(full, ref, atol=1e-12)
+    # a zero at step T - k + 1 keeps only the last k steps: the same as running the last k steps from h_{T-k}
+    k = 3
+    truncated = gr.recurrent_weight_grad(rnn, X, [1.0] * (T - k) + [0.0] + [1.0] * (k - 1))
+    # the zero detaches the state after T - k steps: only the last k steps pass a gradient
+    _, h_prev = rnn(X[:T - k])
+    out_k, _ = rnn(X[T - k:], h_prev.detach())
+    (ref_k,) = torch.autograd.grad(out_k[-1].sum(), rnn.weight_hh_l0)
+    assert torch.allclose(truncated, ref_k, atol=1e-12)
+    assert not torch.allclose(truncated, full)
+    # randomised truncation: the exact expectation over all keep/cut patterns of two steps equals full BPTT
+    p = 0.5
+    T2 = 2
+    X2 = X[:T2]
+    full2 = gr.recurrent_weight_grad(rnn, X2, [1.0, 1.0])
+    expectation = sum(
+        (p if a else 1 - p) * (p if b else 1 - p) * gr.recurrent_weight_grad(rnn, X2, [a / p, b / p])
+        for a in (0, 1) for b in (0, 1))
+    assert torch.allclose(expectation, full2, atol=1e-12)
+    with pytest.raises(ValueError, match="factors"):
+        gr.recurrent_weight_grad(rnn, X, [1.0])
+    with pytest.raises(TypeError, match="nn.RNN"):
+        gr.recurrent_weight_grad(torch.nn.GRU(I, H), X, [1.0] * T)

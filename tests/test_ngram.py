@@ -174,3 +174,71 @@ def test_fit_zipf_recovers_the_exponent():
     assert math.isclose(s, 1.2, rel_tol=1e-9)
     with pytest.raises(ValueError, match="min_rank"):
         fit_zipf(counts, min_rank=10, max_rank=5)
+
+
+# ---------------------------------------------------------------- Kneser–Ney
+
+
+def test_kneser_ney_distributions_sum_to_one():
+    from seqcourse.ngram import KneserNeyLM
+
+    vocab = Vocab(TOKENS + ["z"])  # "z" never occurs in the fitted text
+    for n in (1, 2, 3):
+        model = KneserNeyLM(n, discount=0.75, vocab=vocab).fit(TOKENS)
+        for context in ([], ["a"], ["b", "r"], ["z", "z"], ["r", "a"]):
+            probs = model.distribution(context)  # (V,)
+            assert probs.shape == (len(vocab),)
+            assert math.isclose(probs.sum().item(), 1.0, rel_tol=1e-12)
+            assert (probs > 0).all()  # every entry, "z" and <unk> included, stays possible
+            # the scalar and the vectorised paths agree
+            for tok in ("a", "b", "z"):
+                assert math.isclose(model.prob(tok, context), probs[vocab[tok]].item(), rel_tol=1e-12)
+
+
+def test_kneser_ney_bigram_by_hand():
+    from seqcourse.ngram import KneserNeyLM
+
+    text = list("abab")
+    vocab = Vocab(text)  # <unk>, a, b: V = 3
+    model = KneserNeyLM(2, discount=0.5, vocab=vocab).fit(text)
+    # bigrams: ab x2, ba x1. Continuation counts of the unigram level: a after {b} -> 1, b after {a} -> 1.
+    p_uni_b = (1 - 0.5) / 2 + 0.5 * 2 / 2 * (1 / 3)
+    assert math.isclose(model.prob("b", []), p_uni_b)
+    # P(b | a) = (2 - 0.5) / 2 + 0.5 * 1 / 2 * P_uni(b)
+    assert math.isclose(model.prob("b", ["a"]), 1.5 / 2 + 0.25 * p_uni_b)
+    # an unseen context falls back to the lower order
+    assert math.isclose(model.prob("b", ["<unk>"]), p_uni_b)
+
+
+def test_kneser_ney_beats_add_one_on_held_out_words():
+    from seqcourse.ngram import KneserNeyLM
+
+    words = ("the cat sat on the mat and the dog sat on the log while the cat ran "
+             "to the dog and the dog ran to the mat").split()
+    vocab = Vocab(words)
+    held_out = "the dog sat on the mat".split()
+    kn = KneserNeyLM(2, vocab=vocab).fit(words)
+    add_one = NGramLM(2, k=1, vocab=vocab).fit(words)
+    assert kn.perplexity(held_out) < add_one.perplexity(held_out)
+
+
+def test_token_log_probs_scores_every_token_after_the_first():
+    from seqcourse.ngram import KneserNeyLM
+
+    for model in (NGramLM(3, k=0.5).fit(TOKENS), KneserNeyLM(3).fit(TOKENS)):
+        ids = model.vocab[list("abracadabra")]
+        scores = model.token_log_probs(ids)
+        assert len(scores) == len(ids) - 1
+        by_hand = [model.log_prob(model.vocab.to_tokens(i), model.vocab.to_tokens(ids[:t]))
+                   for t, i in enumerate(ids) if t > 0]
+        assert scores == by_hand
+        with pytest.raises(ValueError, match="token ids"):
+            model.token_log_probs([0, 10_000])
+
+
+def test_kneser_ney_bad_discount():
+    from seqcourse.ngram import KneserNeyLM
+
+    for bad in (0, 1.5, -0.1, True):
+        with pytest.raises(ValueError, match="discount"):
+            KneserNeyLM(2, discount=bad)

@@ -26,6 +26,8 @@ def tiny_model(data, kind="both", H=8, dtype=torch.float32, seed=0):
     enc = s2s.GRUEncoder(len(data.src_vocab), 5, H)
     if kind == "attention":
         dec = s2s.AttentionDecoder(len(data.tgt_vocab), 5, H, attn_size=6)
+    elif kind.startswith("luong_"):
+        dec = s2s.LuongDecoder(len(data.tgt_vocab), 5, H, score=kind[len("luong_"):])
     else:
         dec = s2s.ContextDecoder(len(data.tgt_vocab), 5, H, context=kind)
     return s2s.EncoderDecoder(enc, dec).to(dtype).eval()
@@ -101,7 +103,7 @@ def test_encoder_bad_input():
 # ----------------------------------------------------------------------------- decoders
 
 
-@pytest.mark.parametrize("kind", ["init", "input", "both", "attention"])
+@pytest.mark.parametrize("kind", ["init", "input", "both", "attention", "luong_dot", "luong_general"])
 def test_stepwise_decoding_equals_full_sequence(kind):
     data = s2s.PairData(PAIRS)
     model = tiny_model(data, kind, dtype=torch.float64)
@@ -192,6 +194,49 @@ def test_attention_weights_recorded_and_rows_sum_to_one():
     torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:2]))
 
 
+@pytest.mark.parametrize("score", ["dot", "general"])
+def test_multiplicative_attention_formula_mask_and_gradcheck(score):
+    torch.manual_seed(0)
+    att = s2s.MultiplicativeAttention(4, 4, score).double()
+    q = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 6, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 6, 2, dtype=torch.float64, requires_grad=True)
+    mask = s2s.sequence_mask(torch.tensor([6, 3]), 6)
+    context, w = att(q, k, v, mask)
+    W = torch.eye(4, dtype=torch.float64) if score == "dot" else att.W_a.weight  # (Hq, Hk)
+    for b, n in enumerate([6, 3]):
+        for t in range(3):
+            ref_w = torch.softmax(torch.stack([q[b, t] @ W @ k[b, j] for j in range(n)]), dim=0)
+            torch.testing.assert_close(w[b, t, :n], ref_w, atol=1e-12, rtol=0)
+            torch.testing.assert_close(context[b, t], ref_w @ v[b, :n], atol=1e-12, rtol=0)
+        assert torch.all(w[b, :, n:] == 0)
+    assert torch.autograd.gradcheck(lambda q, k, v: att(q, k, v, mask), (q, k, v))
+    if score == "dot":
+        assert not list(att.parameters())
+        with pytest.raises(ValueError, match="general"):
+            s2s.MultiplicativeAttention(4, 5, "dot")
+    with pytest.raises(ValueError, match="score"):
+        s2s.MultiplicativeAttention(4, 4, "concat")
+
+
+def test_luong_queries_with_the_current_state():
+    """Luong attends with s_t (after reading y_{t-1}); Bahdanau with s_{t-1}."""
+    data = s2s.PairData(PAIRS)
+    model = tiny_model(data, "luong_dot", dtype=torch.float64)
+    dec = model.decoder
+    outputs, hidden, mask = dec.init_state(model.encoder(data.src, data.src_len), data.src_len)
+    Y_in = s2s.teacher_forcing_inputs(data.tgt, data.tgt_vocab["<bos>"])
+    logits, _ = dec(Y_in[:, :1], (outputs, hidden, mask))
+    s_1, _ = dec.rnn(dec.embedding(Y_in[:, :1]), hidden)  # (B, 1, H): the state after y_0
+    scores = (s_1 @ outputs.transpose(1, 2)).masked_fill(~mask[:, None], float("-inf"))  # (B, 1, S)
+    torch.testing.assert_close(dec.attention_weights, torch.softmax(scores, dim=-1), atol=1e-12, rtol=0)
+    context = torch.softmax(scores, dim=-1) @ outputs  # (B, 1, H)
+    expected = dec.head(torch.tanh(dec.W_c(torch.cat([context, s_1], dim=-1))))
+    torch.testing.assert_close(logits, expected, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="does not match"):
+        s2s.LuongDecoder(len(data.tgt_vocab), 4, 9).init_state((outputs, hidden), data.src_len)
+
+
 # ----------------------------------------------------------------------------- loss
 
 
@@ -247,7 +292,7 @@ def test_train_respects_time_budget():
 # ----------------------------------------------------------------------------- search
 
 
-@pytest.mark.parametrize("kind", ["both", "attention"])
+@pytest.mark.parametrize("kind", ["both", "attention", "luong_general"])
 def test_greedy_equals_beam_of_one_and_log_probs_agree(kind):
     data = s2s.PairData(PAIRS)
     model = tiny_model(data, kind, dtype=torch.float64, seed=3)
