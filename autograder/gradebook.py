@@ -26,10 +26,11 @@ from pathlib import Path
 import nbformat
 
 from . import notebook as nbmod
+from .course import Course
+from .sandbox.protocol import CAUSES
 
 
-def _md(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+_md = nbmod.nbgrader_md
 
 
 def _listing(gid: str, points: float, report: dict) -> str:
@@ -44,7 +45,9 @@ def _listing(gid: str, points: float, report: dict) -> str:
             lines.append(f"  {t['name']}: passed, {each:.2f} / {each:.2f}")
         else:
             reason = (t.get("reason") or t["outcome"]).replace("\n", " ")[:300]
-            lines.append(f"  {t['name']}: {t['outcome']}, 0.00 / {each:.2f} ({reason})")
+            why = CAUSES.get(t.get("cause", ""), "")
+            lines.append(f"  {t['name']}: {t['outcome']}, 0.00 / {each:.2f}" + (f" [{why}]" if why else "")
+                         + f" ({reason})")
     problems = report.get("cell_problems") or {}
     for cell, why in problems.items():
         lines.append(f"  note: {cell}: {why}")
@@ -116,18 +119,17 @@ def autograded_notebook(release_nb, submission_nb, report: dict):
     return nb
 
 
-def write_result(course: Path, assignment: str, student: str, report: dict, submission_path,
+def write_result(course: Course, assignment: str, student: str, report: dict, submission_path,
                  db_url: str | None = None) -> None:
     """Record one graded submission in the gradebook and in ``autograded/``."""
     from nbgrader.api import Gradebook, MissingEntry
 
     if report.get("status") != "graded":
         return  # never turn a failure into a score
-    course = Path(course)
-    db_url = db_url or f"sqlite:///{course / 'gradebook.db'}"
-    release_path = course / "assignments" / assignment / f"{assignment}.ipynb"
-    release_nb = nbmod.read_notebook(release_path)
-    source_nb = nbmod.read_notebook(course / "solutions" / assignment / f"{assignment}.ipynb")
+    course = course if isinstance(course, Course) else Course(course)
+    db_url = db_url or course.gradebook_url
+    release_nb = nbmod.read_notebook(course.release(assignment))
+    source_nb = nbmod.read_notebook(course.source(assignment))
     cells = nbmod.grade_cells(source_nb)
     sub_dir = Path(submission_path).parent
     timestamp = None
@@ -157,8 +159,9 @@ def write_result(course: Path, assignment: str, student: str, report: dict, subm
         sub_nb = nbmod.read_notebook(submission_path)
     except nbmod.SubmissionFormatError:
         sub_nb = nbformat.v4.new_notebook()
-    out_dir = course / "autograded" / student / assignment
+    out = course.autograded(student, assignment)
+    out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    nbformat.write(autograded_notebook(release_nb, sub_nb, report), out_dir / f"{assignment}.ipynb")
+    nbformat.write(autograded_notebook(release_nb, sub_nb, report), out)
     if ts_file.exists():
         shutil.copyfile(ts_file, out_dir / "timestamp.txt")

@@ -20,6 +20,7 @@ import pytest
 
 from autograder import engine
 from autograder import notebook as nbmod
+from autograder.course import Course
 
 REPO = Path(__file__).resolve().parent.parent
 ASSIGNMENT = "a01_text_and_ngrams"
@@ -150,7 +151,7 @@ def ngram_counts(tokens, n):
 
 
 def _source():
-    return nbmod.read_notebook(nbmod.source_path(ASSIGNMENT))
+    return nbmod.read_notebook(Course().source(ASSIGNMENT))
 
 
 def _cell(nb, gid):
@@ -235,10 +236,16 @@ def test_attack_scores_zero_on_attacked_parts_only(graded, attack):
             assert rep["scores"][gid] == full, (attack, gid, rep["tests"], rep.get("error"))
 
 
-def test_failure_reasons_are_recorded(graded):
+def test_failures_carry_typed_causes(graded):
     _, reports, _ = graded
-    reasons = {name: " ".join(t["reason"] for t in rep["tests"]) for name, rep in reports.items()}
-    assert "timed out" in reasons["infinite_loop"]
-    assert "runner process ended" in reasons["os_exit"]
-    assert "missing" in reasons["deleted_cell"] and "appears 2 times" in reasons["duplicated_cell"]
-    assert "markdown" in reasons["retyped_cell"]
+
+    def causes(name, gid):
+        return {t["cause"] for t in reports[name]["tests"] if t["grade_id"] == gid}
+
+    assert causes("infinite_loop", "test_ngram_counts") == {"timeout"}
+    assert causes("os_exit", "test_vocab") == {"crashed"}
+    assert causes("memory_bomb", "test_bigram_probs") == {"memory"}
+    for attack, gid in [("deleted_cell", "test_ngram_counts"), ("duplicated_cell", "test_bigram_probs"),
+                        ("retyped_cell", "test_perplexity")]:
+        assert causes(attack, gid) == {"missing"}
+    assert causes("forged_points", "test_tokenize") == {"passed"}

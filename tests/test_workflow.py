@@ -15,6 +15,7 @@ import nbformat
 import pytest
 
 from autograder import notebook as nbmod
+from autograder.course import Course
 from autograder import workflow
 from tests.variants import load_variants, make_variant_notebook
 
@@ -68,7 +69,7 @@ def test_round_trip_generate_grade_feedback_export(tmp_path):
     release = course / "assignments" / a / f"{a}.ipynb"
     variants = load_variants(a)
     vname = sorted(variants)[0]
-    subs = {"alice": nbmod.read_notebook(nbmod.source_path(a)), "bob": nbmod.read_notebook(release),
+    subs = {"alice": nbmod.read_notebook(Course().source(a)), "bob": nbmod.read_notebook(release),
             "carol": make_variant_notebook(a, variants[vname])}
     for student, nb in subs.items():
         d = course / "submitted" / student / a
@@ -96,7 +97,7 @@ def test_round_trip_generate_grade_feedback_export(tmp_path):
     for s, rep in reports.items():
         assert float(rows[s]["raw_score"]) == pytest.approx(sum(rep["scores"].values()))  # + 0 manual points
         assert float(rows[s]["max_score"]) == pytest.approx(
-            sum(c.points for c in nbmod.grade_cells(nbmod.read_notebook(nbmod.source_path(a)))))
+            sum(c.points for c in nbmod.grade_cells(nbmod.read_notebook(Course().source(a)))))
 
     hidden = (REPO / "autograder" / "tests" / f"test_{a}.py").read_text().splitlines()
     secret_lines = {line.strip() for line in hidden if len(line.strip()) > 30}

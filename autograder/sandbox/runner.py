@@ -1,10 +1,9 @@
 """The sandboxed runner: the only process that executes student code.
 
-It is never imported by the harness. The engine copies this file, with
-``channel.py``, ``inprocess.py``, ``api.py`` and ``notebook.py``, into a fresh
-boot directory outside the course (package ``agrunner``) and starts::
+It is never imported by the harness. The engine copies the whole
+``sandbox`` package into a fresh boot directory outside the course and starts::
 
-    python -I <boot>/agrunner/runner.py launch <boot>/config.json
+    python -I <boot>/sandbox/runner.py launch <boot>/config.json
 
 ``launch`` (still privileged) reads and deletes the config, isolates itself
 (new network namespace, new mount namespace in which the course, the
@@ -111,7 +110,8 @@ def launch(config_path: str) -> None:
     os.unlink(config_path)
     caps = _isolate(cfg)
     caps["root"] = os.geteuid() == 0
-    settings = {"ctl_fd": cfg["ctl_fd"], "caps": caps, "preload": cfg.get("preload", [])}
+    settings = {"ctl_fd": cfg["ctl_fd"], "caps": caps, "preload": cfg.get("preload", []),
+                "course_path": cfg.get("course_path"), "package": cfg.get("package")}
     os.execv(sys.executable, [sys.executable, "-I", os.path.abspath(__file__), "serve", json.dumps(settings)])
 
 
@@ -124,15 +124,19 @@ def serve(settings_json: str) -> None:
     settings = json.loads(settings_json)
     ctl = socket.socket(fileno=settings["ctl_fd"])
     sys.path.insert(0, BOOT)
+    if settings.get("course_path"):
+        # The course's own package, copied beside the sandbox: it comes first on the path,
+        # so no editable install or other checkout can shadow it.
+        sys.path.insert(0, settings["course_path"])
     import torch  # noqa: F401 - imported once here, inherited by every runner
 
-    from agrunner import channel, inprocess  # noqa: F401
+    from sandbox import channel, host, protocol  # noqa: F401
 
     # Pay one-time start-up costs here, once, instead of in every runner: the
     # first use_deterministic_algorithms() call initialises lazily (seconds),
     # and the preloaded modules (config `preload`) are then shared
     # copy-on-write by every fork. Nothing of a student has run yet.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    protocol.pin_numerics(torch)
     for name in settings.get("preload", []):
         try:
             module = importlib.import_module(name)
@@ -141,12 +145,20 @@ def serve(settings_json: str) -> None:
         if name == "jieba":
             module.setLogLevel(60)
             module.initialize()  # load the dictionary now rather than at the first lcut()
+    caps = dict(settings["caps"])
+    if settings.get("package"):
+        try:
+            pkg = importlib.import_module(settings["package"])
+            caps["package_file"] = os.path.realpath(pkg.__file__)
+        except Exception as exc:  # reported; the engine refuses to grade
+            caps["package_error"] = f"{type(exc).__name__}: {exc}"
+    caps["torch"] = torch.__version__
     gc.freeze()  # what the fork server holds stays shared and is never collected in a runner
 
     libc = _libc()
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children (and adopted orphans) are reaped at once
-    ctl.sendall((json.dumps({"ready": True, "caps": settings["caps"], "pid": os.getpid()}) + "\n").encode())
+    ctl.sendall((json.dumps({"ready": True, "caps": caps, "pid": os.getpid()}) + "\n").encode())
     buf = b""
     while True:
         data = ctl.recv(65536)
@@ -230,23 +242,67 @@ def _runner_main(sock, req) -> None:
     os.environ.update(req.get("env", {}))
     os.environ["HOME"] = scratch
     os.environ["TMPDIR"] = scratch
-    sys.path[:] = [p for p in sys.path if p and p != BOOT] + [BOOT]
+    course_path = [p for p in sys.path[:1] if p.startswith(BOOT)]
+    sys.path[:] = course_path + [p for p in sys.path if p and not p.startswith(BOOT)] + [BOOT]
     sys.argv = ["runner"]
 
     import torch
 
-    from agrunner import channel
-    from agrunner.api import Ref, StudentError
-    from agrunner.inprocess import ProgramSession, execute_program, short_error, to_data
-    from agrunner.notebook import Program
+    from sandbox import channel, protocol
 
     torch.set_num_threads(max(1, int(req.get("threads", 1))))
-    _pin_numerics(torch)
-    fd = sock.fileno()
-    session = None
+    protocol.pin_numerics(torch)
+    _serve_requests(sock.fileno(), torch, channel, protocol)
+
+
+def _serve_requests(fd, torch, channel, protocol) -> None:
+    """Answer requests until ``bye``: each op of ``protocol.OPERATIONS`` has one handler."""
+    from sandbox.host import ProgramSession, execute_program, short_error
+
+    state = {"session": None}
+
+    def need_session():
+        if state["session"] is None:
+            raise protocol.ProtocolError("no program loaded")
+        return state["session"]
+
+    def op_load(cells, answer_ids, problems):
+        program = protocol.Program(cells=[tuple(c) for c in cells], answer_ids=list(answer_ids),
+                                   problems=dict(problems))
+        ns, errors = execute_program(program)
+        state["session"] = ProgramSession(ns, errors, program.problems)
+        return {"cell_errors": dict(errors)}
+
+    def op_settings(apply=False, seed=None):
+        if apply:
+            protocol.pin_numerics(torch)
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        return protocol.numerics_state(torch)
+
+    def op_has(name):
+        return need_session().has(name)
+
+    def op_run(target, args, kwargs, keep, grad_wrt, grad_output, param_grads_of):
+        r = need_session().run(target, tuple(args), kwargs, keep=keep, grad_wrt=tuple(grad_wrt),
+                               grad_output=grad_output, param_grads_of=param_grads_of)
+        return {"value": r.value, "grads": r.grads, "param_grads": r.param_grads}
+
+    def op_new(cls, args, kwargs, keep, state_dict, to_dtype, to_device):
+        need_session().new(cls, *args, keep=keep, state_dict=state_dict, to_dtype=to_dtype,
+                           to_device=to_device, **kwargs)
+        return None
+
+    def op_state_dict(handle):
+        return need_session().state_dict(handle)
+
+    handlers = {"load": op_load, "settings": op_settings, "has": op_has, "run": op_run, "new": op_new,
+                "state_dict": op_state_dict}
+    assert set(handlers) == set(protocol.OPERATIONS)
+
     while True:
         try:
-            msg = channel.recv(fd, ref_type=Ref)
+            msg = channel.recv(fd, ref_type=protocol.Ref)
         except channel.ChannelError:
             os._exit(0)
         rid = msg.get("id") if type(msg) is dict else None
@@ -254,67 +310,30 @@ def _runner_main(sock, req) -> None:
             op = msg["op"]
             if op == "bye":
                 os._exit(0)
-            if op == "load":
-                program = Program(cells=[tuple(c) for c in msg["cells"]], answer_ids=list(msg["answer_ids"]),
-                                  problems=dict(msg["problems"]))
-                ns, errors = execute_program(program)
-                session = ProgramSession(ns, errors)
-                value = {"cell_errors": dict(errors)}
-            elif op == "settings":
-                if msg.get("apply"):
-                    _pin_numerics(torch)
-                if msg.get("seed") is not None:
-                    torch.manual_seed(int(msg["seed"]))
-                value = _numerics(torch)
-            elif session is None:
-                raise RuntimeError("no program loaded")
-            elif op == "has":
-                value = session.has(msg["name"])
-            elif op == "run":
-                r = session.run(msg["target"], tuple(msg["args"]), msg["kwargs"], keep=msg["keep"],
-                                grad_wrt=tuple(msg["grad_wrt"]), grad_output=msg["grad_output"],
-                                param_grads_of=msg["param_grads_of"])
-                value = {"value": r.value, "grads": r.grads, "param_grads": r.param_grads}
-            elif op == "new":
-                session.new(msg["cls"], *msg["args"], keep=msg["keep"], state_dict=msg["state_dict"],
-                            to_dtype=msg["to_dtype"], to_device=msg["to_device"], **msg["kwargs"])
-                value = None
-            elif op == "state_dict":
-                value = session.state_dict(msg["handle"])
-            else:
-                raise ValueError(f"unknown op {op!r}")
+            if op not in handlers:
+                raise protocol.ProtocolError(f"unknown op {op!r}")
+            fields = protocol.OPERATIONS[op]
+            value = handlers[op](**{k: msg.get(k) for k in fields})
             reply = {"id": rid, "ok": True, "value": value}
             try:
-                channel.send(fd, reply, Ref)
+                channel.send(fd, reply, protocol.Ref)
                 continue
             except TypeError as exc:
-                reply = {"id": rid, "ok": False, "etype": "StudentError", "msg": f"result cannot be sent: {exc}"}
-        except StudentError as exc:
-            reply = {"id": rid, "ok": False, "etype": "StudentError", "msg": str(exc)}
+                reply = {"id": rid, "ok": False, "etype": "StudentError", "cause": "wrong",
+                         "msg": f"the result cannot be sent back (data only): {exc}"}
+        except protocol.StudentError as exc:
+            reply = {"id": rid, "ok": False, "etype": "StudentError", "cause": exc.cause, "msg": str(exc)}
+        except protocol.ProtocolError as exc:
+            reply = {"id": rid, "ok": False, "etype": "ProtocolError", "msg": str(exc)}
+        except MemoryError:
+            reply = {"id": rid, "ok": False, "etype": "StudentError", "cause": "memory",
+                     "msg": "the submission ran out of memory"}
         except BaseException as exc:  # the student's SystemExit included: it must not end the runner
-            etype = type(exc).__name__ if isinstance(exc, (ValueError, TypeError)) else "StudentError"
-            reply = {"id": rid, "ok": False, "etype": etype, "msg": short_error(exc)}
+            reply = {"id": rid, "ok": False, "etype": "StudentError", "cause": "raised", "msg": short_error(exc)}
         try:
-            channel.send(fd, reply, Ref)
+            channel.send(fd, reply, protocol.Ref)
         except channel.ChannelError:
             os._exit(0)
-
-
-def _pin_numerics(torch) -> None:
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-
-
-def _numerics(torch) -> dict:
-    return {
-        "deterministic": bool(torch.are_deterministic_algorithms_enabled()),
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "matmul_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
-    }
 
 
 if __name__ == "__main__":
