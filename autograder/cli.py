@@ -32,6 +32,8 @@ def _common(p):
     p.add_argument("--force", action="store_true", help="regrade even when a cached result exists")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-canary", action="store_true", help="do not grade the instructor's solution first")
+    p.add_argument("--allow-weak-isolation", action="store_true",
+                   help="grade even where the sandbox's isolation does not fully hold (a warning goes in every report)")
     p.add_argument("--json-dir", default=None, help="write each report here as <id>.json")
     p.add_argument("--tests-csv", default=None, help="write one row per hidden test, with its cause")
     p.add_argument("-k", dest="select", default=None, help="only hidden tests matching this pytest -k expression")
@@ -125,8 +127,9 @@ def main(argv=None) -> int:
     try:
         results = engine.grade_batch(jobs, course=course, cfg=cfg, workers=a.workers, device=a.device,
                                      extra_args=extra, force=a.force, progress=not a.no_progress,
-                                     on_result=on_result, canary=not a.no_canary)
-    except engine.CanaryFailed as exc:
+                                     on_result=on_result, canary=not a.no_canary,
+                                     allow_weak_isolation=a.allow_weak_isolation)
+    except (engine.CanaryFailed, engine.WeakIsolation) as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 3
     _write_outputs(a, results)

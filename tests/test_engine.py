@@ -217,6 +217,102 @@ def test_numerics_are_pinned_before_each_test(sandbox):
         s.close()
 
 
+PLANTER = '''
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+
+def plant():
+    print("SECRET-OUTPUT-OF-THE-PLANTER", flush=True)
+    open("/tmp/planted.txt", "w").write("planted")
+    if os.path.isdir("/dev/shm"):
+        open("/dev/shm/planted", "w").write("planted")
+    shm = libc.shmget(0x5EC12E7, 4096, 0o1000 | 0o666)  # IPC_CREAT
+    if os.fork() == 0:  # a daemon that would outlive the submission
+        os.setsid()
+        time.sleep(120)
+        os._exit(0)
+    return [shm, os.getpid()]
+'''
+
+VICTIM = '''
+import ctypes, glob, os
+libc = ctypes.CDLL(None, use_errno=True)
+
+def look():
+    traces = []
+    for path in glob.glob("/tmp/**", recursive=True) + glob.glob("/dev/shm/*"):
+        if not os.path.isfile(path):
+            continue
+        try:
+            data = open(path, "rb").read()
+        except OSError:
+            continue
+        if b"planted" in data or b"SECRET-OUTPUT" in data:
+            traces.append(path)
+    if libc.shmget(0x5EC12E7, 0, 0) != -1:
+        traces.append("shm")
+    traces += [f"process {p}" for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    return traces
+'''
+
+HOG = '''
+import os
+
+def hog(children, mb):
+    pids = []
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:
+            block = bytearray(mb << 20)
+            for i in range(0, len(block), 4096):  # touch every page: resident memory
+                block[i] = 1
+            os._exit(0)
+        pids.append(pid)
+    finished = 0
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        finished += os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    return finished
+'''
+
+
+def test_nothing_of_one_submission_is_visible_to_the_next(sandbox):
+    per = sandbox.caps["per_runner"]
+    assert per.get("tmp") and per.get("ipc") and per.get("pid") and per.get("proc"), per
+    planter = _session(sandbox, PLANTER)
+    try:
+        shm, pid = planter.call("plant")
+        assert shm >= 0
+    finally:
+        planter.close()
+    victim = _session(sandbox, VICTIM)
+    try:
+        assert victim.call("look") == []
+    finally:
+        victim.close()
+
+
+def test_memory_cap_holds_for_a_runner_and_its_children_together(tmp_path):
+    cfg = engine.load_config(limits__request_seconds=60, limits__total_memory_mb=600)
+    sb = engine.Sandbox(cfg, Course(REPO))
+    sb.start()
+    try:
+        if not sb.caps["per_runner"].get("memory"):
+            pytest.skip(f"no memory cgroup for runners on this machine: {sb.caps['per_runner']}")
+        s = _session(sb, HOG)
+        try:
+            assert s.call("hog", 2, 100) == 2  # 200 MiB together: under the cap
+            finished = s.call("hog", 4, 250)  # 1000 MiB together: over it, though each child is small
+        except StudentError as exc:  # the whole runner may be the one the OOM killer picks
+            assert exc.cause == "crashed"
+        else:
+            assert finished < 4
+        finally:
+            s.close()
+    finally:
+        sb.stop()
+
+
 # ---------------------------------------------------------------------------
 # Batches: infrastructure faults, the results store, regrades
 # ---------------------------------------------------------------------------

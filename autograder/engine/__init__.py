@@ -11,11 +11,11 @@ The code that runs next to student code is :mod:`autograder.sandbox`.
 
 from ..course import Course
 from ..sandbox.protocol import InfrastructureError
-from .batch import CanaryFailed, Job, Scheduler, default_workers, grade_batch, grader_version
+from .batch import CanaryFailed, Job, Scheduler, WeakIsolation, default_workers, grade_batch, grader_version
 from .config import load_config
 from .remote import RemoteSession
 from .sandbox import Sandbox, probe
 from .store import ResultsStore
 
 __all__ = ["CanaryFailed", "Course", "InfrastructureError", "Job", "RemoteSession", "ResultsStore", "Sandbox",
-           "Scheduler", "default_workers", "grade_batch", "grader_version", "load_config", "probe"]
+           "Scheduler", "WeakIsolation", "default_workers", "grade_batch", "grader_version", "load_config", "probe"]

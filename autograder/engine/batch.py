@@ -158,6 +158,12 @@ def _harness_child(job: Job, slot: Slot, cfg: dict, course: Course, extra_args, 
         os.dup2(log, 2)
         os.close(log)
         sb = slot.sandbox
+        if os.geteuid() != 0:
+            # Runners share our uid outside their user namespace: make this process non-dumpable,
+            # so that none of its /proc files (root, environ, mem) can be opened by them.
+            import ctypes
+
+            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
         # The harness sees the devices its runners see: none on the CPU, the slot's GPU on CUDA.
         os.environ["CUDA_VISIBLE_DEVICES"] = sb.env().get("CUDA_VISIBLE_DEVICES", "")
         if sb.device != "cuda":
@@ -209,6 +215,10 @@ class Progress:
             self.bar.close()
 
 
+class WeakIsolation(RuntimeError):
+    """The sandbox's guarantees do not hold on this machine, and weak isolation was not allowed."""
+
+
 class CanaryFailed(RuntimeError):
     """The instructor's own solution does not score full marks through the engine: the batch stops."""
 
@@ -218,11 +228,13 @@ class Scheduler:
 
     def __init__(self, course: Course, cfg: dict, *, device: str = "cpu", workers: int | None = None,
                  extra_args=(), force: bool = False, progress: bool = True, on_result=None, inject_fault=None,
-                 logs_dir: Path | None = None, canary: bool = True):
+                 logs_dir: Path | None = None, canary: bool = True, allow_weak_isolation: bool = False):
         self.course, self.cfg, self.device = course, cfg, device
         self.workers = workers or default_workers(device)
         self.extra_args, self.force, self.show = list(extra_args), force, progress
         self.on_result, self.inject_fault, self.canary = on_result, inject_fault, canary
+        self.allow_weak = allow_weak_isolation
+        self.warning = ""
         self.store = ResultsStore(course.results_dir(cfg))
         self.logs_dir = Path(logs_dir) if logs_dir else course.results_dir(cfg) / "logs"
         self.retries = int(cfg["engine"]["retries"])
@@ -250,6 +262,8 @@ class Scheduler:
         return pending
 
     def _deliver(self, job: Job, report: dict) -> None:
+        if self.warning:
+            report["warning"] = self.warning
         if job.job_id == CANARY:
             self._check_canary(job, report)
             return
@@ -288,6 +302,8 @@ class Scheduler:
                 self.slots.append(Slot(i, Sandbox(self.cfg, self.course, slot=i, device=self.device, gpu=gpu)))
             for slot in self.slots:
                 slot.sandbox.start()
+            if self.slots:
+                self._check_isolation(self.slots[0].sandbox)
             # The canaries go first, alone: a batch whose solution does not score stops before any student.
             first = [j for j in pending if j.job_id == CANARY]
             self.queue = first
@@ -305,6 +321,20 @@ class Scheduler:
                 slot.sandbox.stop()
             self.progress.close()
         return self.results
+
+    def _check_isolation(self, sandbox: Sandbox) -> None:
+        missing = sandbox.isolation_problems()
+        if not missing:
+            return
+        text = "; ".join(missing)
+        if not self.allow_weak:
+            raise WeakIsolation(
+                f"this machine does not give the sandbox what grading needs: {text}. Grade as root in a "
+                f"container (see autograder/README.md), or enable unprivileged user namespaces "
+                f"(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone), or pass "
+                f"--allow-weak-isolation to grade anyway with a warning in every report.")
+        self.warning = f"graded with weak isolation: {text}"
+        print(f"WARNING: {self.warning}", file=sys.stderr)
 
     def _loop(self) -> None:
         while self.queue or any(s.busy for s in self.slots):
@@ -404,7 +434,8 @@ def _safe(name: str) -> str:
 
 def grade_batch(jobs: list[Job], *, course=None, cfg: dict | None = None, workers: int | None = None,
                 device: str = "cpu", extra_args=(), force: bool = False, progress: bool = True, on_result=None,
-                inject_fault=None, logs_dir: Path | None = None, canary: bool = True) -> dict[str, dict]:
+                inject_fault=None, logs_dir: Path | None = None, canary: bool = True,
+                allow_weak_isolation: bool = False) -> dict[str, dict]:
     """Grade ``jobs`` on ``workers`` parallel slots; return job_id -> report (dict).
 
     ``on_result(job, report)`` is called in this process (one writer) as each
@@ -416,4 +447,4 @@ def grade_batch(jobs: list[Job], *, course=None, cfg: dict | None = None, worker
     course = course if isinstance(course, Course) else Course(course) if course is not None else Course()
     return Scheduler(course, cfg or load_config(), device=device, workers=workers, extra_args=extra_args,
                      force=force, progress=progress, on_result=on_result, inject_fault=inject_fault,
-                     logs_dir=logs_dir, canary=canary).run(jobs)
+                     logs_dir=logs_dir, canary=canary, allow_weak_isolation=allow_weak_isolation).run(jobs)

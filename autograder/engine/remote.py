@@ -33,6 +33,7 @@ class RemoteSession:
         self.infra_error = None
         self.events: list[str] = []
         self.cell_errors: dict = {}
+        self.isolation: dict = {}  # what the last runner reported holding (its own namespaces, cgroups)
         self.requests = 0
 
     # -- runner lifecycle --------------------------------------------------------
@@ -51,6 +52,7 @@ class RemoteSession:
             self.broken = StudentError(f"the program could not be run: {exc}", cause=exc.cause)
             raise self.broken from None
         self.cell_errors = dict(value["cell_errors"])
+        self.isolation = value.get("isolation") if type(value.get("isolation")) is dict else {}
         failed = protocol.instructor_failures(self.program, self.cell_errors)
         if failed:
             self.infra_error = f"a read-only setup cell failed before any student code ran: {failed}"

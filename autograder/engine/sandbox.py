@@ -130,11 +130,21 @@ class Sandbox:
         return env
 
     def _keep(self) -> list[str]:
-        """What the runner's mount namespace binds back, read-only: real paths only."""
+        """What the runner's mount namespace binds back, read-only: the Python installation, the
+        directories on its module path (a site directory added by a .pth file included), the
+        data directory and the boot directory. Real paths only; nothing inside the course."""
         keep = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), self.boot}
+        for entry in sys.path:
+            # Site directories only (one added by a .pth file included): never the working
+            # directory or a checkout that happens to be on the path.
+            real = os.path.realpath(entry) if entry else ""
+            if os.path.basename(real) in ("site-packages", "dist-packages") and os.path.isdir(real):
+                keep.add(real)
         if os.environ.get("SEQCOURSE_DATA"):
             keep.add(os.path.realpath(os.environ["SEQCOURSE_DATA"]))
-        return sorted(keep)
+        # Never the course directory or a directory above it: either would expose the hidden tests.
+        course = str(self.course.root)
+        return sorted(k for k in keep if k != course and not course.startswith(k.rstrip("/") + "/"))
 
     def _make_boot(self) -> Path:
         boot = Path(os.path.realpath(tempfile.mkdtemp(prefix="agr-boot-", dir="/tmp")))
@@ -187,7 +197,45 @@ class Sandbox:
         hello = json.loads(line)
         self.caps = hello["caps"]
         self.caps["uid"] = self.uid
+        self.caps["engine_uid"] = os.geteuid()
         self._check_package()
+        self.caps["per_runner"] = self._probe_runner()
+
+    def _probe_runner(self) -> dict:
+        """What one runner holds of its own (namespaces, cgroups): fork one and load nothing."""
+        from ..sandbox import channel
+        from ..sandbox.protocol import Ref
+
+        pid, fd = self.spawn()
+        try:
+            channel.send(fd, {"id": "probe", "op": "load", "cells": [], "answer_ids": [], "problems": {}}, Ref)
+            msg = channel.recv(fd, timeout=60, max_bytes=1 << 20)
+            value = msg.get("value") if type(msg) is dict else None
+            iso = value.get("isolation") if type(value) is dict else None
+            return iso if type(iso) is dict else {}
+        except channel.ChannelError as exc:
+            return {"error": str(exc)}
+        finally:
+            os.close(fd)
+            self.sweep(pid)
+
+    def isolation_problems(self) -> list[str]:
+        """The guarantees of the threat model (autograder/README.md) that do not hold here."""
+        if not self.cfg["sandbox"]["isolate"]:
+            return ["isolation is turned off in the config ([sandbox] isolate = false)"]
+        caps, per = self.caps, self.caps.get("per_runner", {})
+        missing = []
+        if not caps.get("net"):
+            missing.append("a network namespace (runners could reach the network)")
+        if not caps.get("mounts"):
+            missing.append("a mount namespace (runners could read the hidden tests)")
+        if not caps.get("engine_root") and not caps.get("userns"):
+            missing.append(f"a user namespace ({caps.get('userns_error', 'unavailable')})")
+        for key, what in (("pid", "a PID namespace per runner"), ("proc", "a private /proc per runner"),
+                          ("ipc", "an IPC namespace per runner"), ("tmp", "a private /tmp per runner")):
+            if not per.get(key):
+                missing.append(what)
+        return missing
 
     def _check_package(self) -> None:
         """The runner must import the course's own package, from the boot copy, or nothing runs."""
@@ -228,9 +276,10 @@ class Sandbox:
             raise InfrastructureError("the sandbox's fork server is not running")
         lim = self.cfg["limits"]
         req = {"op": "spawn", "uid": self.uid, "device": self.device, "env": self.env(),
-               "threads": self.cfg["sandbox"]["threads"],
-               "limits": {k: lim[k] for k in ("memory_mb", "processes", "output_mb", "open_files", "cpu_seconds",
-                                              "scratch_mb")}}
+               "threads": self.cfg["sandbox"]["threads"], "isolate": bool(self.cfg["sandbox"]["isolate"]),
+               "userns": bool(self.caps.get("userns")),
+               "limits": {k: lim[k] for k in ("memory_mb", "total_memory_mb", "processes", "output_mb",
+                                              "open_files", "cpu_seconds", "scratch_mb")}}
         try:
             self.ctl.sendall((json.dumps(req) + "\n").encode())
             if not select.select([self.ctl], [], [], 60)[0]:
@@ -306,12 +355,12 @@ class Sandbox:
 
 
 def probe(cfg: dict, course: Course) -> dict:
-    """Start a sandbox and report which isolation features hold here, and as which user."""
+    """Start a sandbox and one runner; report which isolation holds here, and as which user."""
     sb = Sandbox(cfg, course)
     sb.start()
     try:
         caps = dict(sb.caps)
-        caps["engine_uid"] = os.geteuid()
+        caps["missing"] = sb.isolation_problems()
         return caps
     finally:
         sb.stop()

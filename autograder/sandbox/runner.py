@@ -34,10 +34,15 @@ import sys
 
 BOOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
-PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE = 38, 36, 4
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = (
+    0x00020000, 0x10000000, 0x08000000, 0x20000000, 0x40000000)
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 38, 36, 4, 1
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 28, 47, 4
+# SECBIT_NOROOT | _LOCKED, SECBIT_NO_SETUID_FIXUP | _LOCKED, SECBIT_KEEP_CAPS_LOCKED, SECBIT_NO_CAP_AMBIENT_RAISE | _LOCKED
+SECUREBITS_ALL_LOCKED = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
 
 
 def _libc():
@@ -60,12 +65,42 @@ def _mount(libc, src, target, fstype, flags, data=None):
                       data and data.encode()), f"mount {target}")
 
 
+def _enter_user_namespace(libc) -> None:
+    """Without root: a new user namespace in which this process is root, mapped to our own uid.
+
+    It gives the same mount and network namespaces that real root gets; outside
+    the namespace every runner is still the engine's (unprivileged) uid, and
+    inside it runners drop every capability (``_drop_capabilities``).
+    """
+    uid, gid = os.getuid(), os.getgid()
+    _check(libc.unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def _bind_readonly(libc, fd: int, target: str) -> None:
+    """Bind ``fd``'s directory at ``target``, read-only, keeping the flags a user namespace locks."""
+    os.makedirs(target, exist_ok=True)
+    _mount(libc, f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+    st = os.statvfs(target).f_flag  # ST_* bits: ST_RELATIME is 4096, MS_RELATIME 1 << 21
+    locked = (st & (MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)) | (MS_RELATIME if st & 4096 else 0)
+    _mount(libc, None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | locked)
+
+
 def _isolate(cfg) -> dict:
     """Best effort: what holds is reported back to the harness."""
     libc = _libc()
-    caps = {"net": False, "mounts": False}
+    caps = {"net": False, "mounts": False, "userns": False}
     if not cfg.get("isolate", True):
         return caps
+    if os.geteuid() != 0:
+        try:
+            _enter_user_namespace(libc)
+            caps["userns"] = True
+        except OSError as exc:
+            caps["userns_error"] = str(exc)
+            return caps  # without it no namespace can be made: nothing below would hold
     try:
         _check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
         caps["net"] = True
@@ -93,9 +128,7 @@ def _isolate(cfg) -> dict:
             covered.append(h)
         for k, fd in fds.items():
             if any(k == c or k.startswith(c.rstrip("/") + "/") for c in covered):
-                os.makedirs(k, exist_ok=True)
-                _mount(libc, f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
-                _mount(libc, None, k, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+                _bind_readonly(libc, fd, k)
             os.close(fd)
         caps["mounts"] = True
         caps["covered"] = len(covered)
@@ -108,8 +141,8 @@ def launch(config_path: str) -> None:
     with open(config_path) as f:
         cfg = json.load(f)
     os.unlink(config_path)
-    caps = _isolate(cfg)
-    caps["root"] = os.geteuid() == 0
+    caps = {"engine_root": os.geteuid() == 0}
+    caps.update(_isolate(cfg))
     settings = {"ctl_fd": cfg["ctl_fd"], "caps": caps, "preload": cfg.get("preload", []),
                 "course_path": cfg.get("course_path"), "package": cfg.get("package")}
     os.execv(sys.executable, [sys.executable, "-I", os.path.abspath(__file__), "serve", json.dumps(settings)])
@@ -200,12 +233,137 @@ def _limit(which, value):
             resource.setrlimit(which, (hard, hard))
 
 
+def _private_namespaces(libc, tmp_mb: int) -> dict:
+    """Namespaces of this runner alone: IPC objects, a fresh /tmp and /dev/shm, and (after the
+    fork in ``_runner_main``) its own PID namespace with its own /proc. Nothing of one
+    submission is then visible to the next, and all of it is gone when the runner ends."""
+    held = {"ipc": False, "tmp": False, "pid": False}
+    try:
+        _check(libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
+        held["ipc"] = True
+    except OSError as exc:
+        held["ipc_error"] = str(exc)
+    try:
+        _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
+        boot = os.open(BOOT, os.O_PATH)  # the sandbox code lives under /tmp: bind it back after the cover
+        _mount(libc, "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777")
+        if os.path.isdir("/dev/shm"):
+            _mount(libc, "tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777")
+        _bind_readonly(libc, boot, BOOT)
+        os.close(boot)
+        held["tmp"] = True
+    except OSError as exc:
+        held["tmp_error"] = str(exc)
+    try:
+        _check(libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        held["pid"] = True
+    except OSError as exc:
+        held["pid_error"] = str(exc)
+    return held
+
+
+def _join_cgroups(limits: dict) -> dict:
+    """Cap the runner and all its children together (memory, processes) with a cgroup of its own,
+    where this machine lets us create one (cgroup v1 memory/pids controllers, or v2); say what holds."""
+    held = {"memory": False, "pids": False}
+    total = int(limits.get("total_memory_mb") or limits["memory_mb"]) << 20
+    name = "agr-run-" + secrets.token_hex(6)
+    own = {}
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                for c in controllers.split(",") if controllers else ["unified"]:
+                    own[c] = path
+    except OSError:
+        return held
+    plans = []
+    if os.path.isdir("/sys/fs/cgroup/memory") and "memory" in own:
+        plans.append(("memory", f"/sys/fs/cgroup/memory{own['memory']}", {"memory.limit_in_bytes": total,
+                                                                            "memory.memsw.limit_in_bytes": total}))
+    if os.path.isdir("/sys/fs/cgroup/pids") and "pids" in own:
+        plans.append(("pids", f"/sys/fs/cgroup/pids{own['pids']}", {"pids.max": int(limits["processes"])}))
+    if not plans and os.path.exists("/sys/fs/cgroup/cgroup.controllers") and "unified" in own:
+        plans.append(("v2", f"/sys/fs/cgroup{own['unified']}", {"memory.max": total, "memory.swap.max": 0,
+                                                                "pids.max": int(limits["processes"])}))
+    for kind, parent, settings in plans:
+        path = os.path.join(parent.rstrip("/"), name)
+        try:
+            os.mkdir(path)
+            for key, value in settings.items():
+                try:
+                    with open(os.path.join(path, key), "w") as f:
+                        f.write(str(value))
+                    if kind == "v2":
+                        held["memory" if key.startswith("memory") else "pids"] = True
+                except OSError:
+                    if key in ("memory.limit_in_bytes", "pids.max") and kind != "v2":
+                        raise
+            with open(os.path.join(path, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            if kind != "v2":
+                held[kind] = True
+            held.setdefault("paths", []).append(path)
+        except OSError as exc:
+            held[f"{kind}_error"] = str(exc)
+    return held
+
+
+def _drop_capabilities(libc) -> None:
+    """Inside a user namespace the runner is its root: give up every capability for good
+    (bounding set, effective/permitted/inheritable, ambient) and lock the securebits so
+    that no exec can bring one back."""
+    libc.prctl(PR_SET_SECUREBITS, SECUREBITS_ALL_LOCKED, 0, 0, 0)
+    for cap in range(64):
+        libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()
+    _check(libc.capset(header, data), "capset")
+
+
+def _remove_cgroups(paths) -> None:
+    for path in paths or []:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
 def _runner_main(sock, req) -> None:
     os.setsid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the output cap, writes fail instead of killing
     lim = req["limits"]
     uid = req.get("uid")
+    libc = _libc()
+    groups = _join_cgroups(lim) if req.get("isolate", True) else {}
+    held = _private_namespaces(libc, int(lim.get("scratch_mb", 64))) if req.get("isolate", True) else {}
+    if held.get("pid"):
+        # The next child is PID 1 of a new PID namespace: it becomes the runner. This process
+        # waits for it (killing this process group kills both, and PID 1's death ends every
+        # process in the namespace), then removes the cgroups.
+        child = os.fork()
+        if child:
+            sock.close()
+            os.closerange(3, 65536)
+            while True:
+                try:
+                    os.waitpid(child, 0)
+                    break
+                except ChildProcessError:
+                    break
+                except InterruptedError:
+                    continue
+            _remove_cgroups(groups.get("paths"))
+            os._exit(0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        try:
+            _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            held["proc"] = True
+        except OSError as exc:
+            held["proc_error"] = str(exc)
     scratch = os.path.join("/tmp", "agr-run-" + secrets.token_hex(8))
     os.makedirs(scratch, mode=0o700)
     if uid is not None:
@@ -234,8 +392,11 @@ def _runner_main(sock, req) -> None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    _limit(resource.RLIMIT_NPROC, lim["processes"])
-    libc = _libc()
+        # RLIMIT_NPROC counts every process of a uid: only with a dedicated uid does it bound
+        # the runner alone (with the engine's own uid it would count the instructor's processes).
+        _limit(resource.RLIMIT_NPROC, lim["processes"])
+    elif req.get("userns"):
+        _drop_capabilities(libc)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     os.environ.clear()
@@ -252,10 +413,10 @@ def _runner_main(sock, req) -> None:
 
     torch.set_num_threads(max(1, int(req.get("threads", 1))))
     protocol.pin_numerics(torch)
-    _serve_requests(sock.fileno(), torch, channel, protocol)
+    _serve_requests(sock.fileno(), torch, channel, protocol, dict(groups, **held))
 
 
-def _serve_requests(fd, torch, channel, protocol) -> None:
+def _serve_requests(fd, torch, channel, protocol, isolation: dict) -> None:
     """Answer requests until ``bye``: each op of ``protocol.OPERATIONS`` has one handler."""
     from sandbox.host import ProgramSession, execute_program, short_error
 
@@ -271,7 +432,7 @@ def _serve_requests(fd, torch, channel, protocol) -> None:
                                    problems=dict(problems))
         ns, errors = execute_program(program)
         state["session"] = ProgramSession(ns, errors, program.problems)
-        return {"cell_errors": dict(errors)}
+        return {"cell_errors": dict(errors), "isolation": {k: v for k, v in isolation.items() if k != "paths"}}
 
     def op_settings(apply=False, seed=None):
         if apply:
