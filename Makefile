@@ -60,15 +60,16 @@ clean:
 #   make generate [ASSIGNMENT=a02_rnn_from_scratch]   solutions/ -> assignments/ (+ gradebook entry)
 #   make check-release                                fail if assignments/ differs from a fresh generation
 #   make collect ASSIGNMENT=a01_... [ZIP=lms.zip]     LMS zip -> submitted/<student>/<assignment>/
-#   make grade ASSIGNMENT=a01_... [WORKERS=N] [DEVICE=cuda]   sandboxed engine -> gradebook.db + autograded/
+#   make grade ASSIGNMENT=a01_... [WORKERS=N] [DEVICE=cuda] [ALLOW_WEAK_ISOLATION=1]   sandboxed engine -> gradebook.db + autograded/
 #   make feedback ASSIGNMENT=a01_...                  feedback/<student>/<assignment>/*.html
 #   make export                                       grades.csv
 ASSIGNMENT ?=
 WORKERS ?=
 DEVICE ?= cpu
 ZIP ?=
-# LMS file names: <student_id>_<assignment>.ipynb anywhere in the zip.
-COLLECT_REGEXP ?= .*?(?P<student_id>[A-Za-z0-9.@-]+)_(?P<file_id>a[0-9][0-9]_[A-Za-z0-9_]+\.ipynb)$$
+# Student ids come from the LMS's layout: a folder per student (<id>/...ipynb) or a
+# file-name prefix (<id>_...ipynb). Override with a regexp that has a (?P<student_id>...) group.
+COLLECT_REGEXP ?=
 NBGRADER := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/nbgrader
 
 define need_assignment
@@ -84,14 +85,14 @@ check-release: env
 collect: env
 	$(need_assignment)
 	@if [ -n "$(ZIP)" ]; then \
-	  mkdir -p downloaded/$(ASSIGNMENT)/archive && cp "$(ZIP)" downloaded/$(ASSIGNMENT)/archive/ && \
-	  $(NBGRADER) zip_collect $(ASSIGNMENT) --force --FileNameCollector.named_regexp='$(COLLECT_REGEXP)'; \
+	  $(PY) -m autograder collect $(ASSIGNMENT) "$(ZIP)" $(if $(COLLECT_REGEXP),--regexp '$(COLLECT_REGEXP)'); \
+	else \
+	  ls -d submitted/*/$(ASSIGNMENT) 2>/dev/null | sed 's|^|collected: |' || echo "no submissions of $(ASSIGNMENT) under submitted/"; \
 	fi
-	@ls -d submitted/*/$(ASSIGNMENT) 2>/dev/null | sed 's|^|collected: |' || echo "no submissions of $(ASSIGNMENT) under submitted/"
 
 grade: env
 	$(need_assignment)
-	$(PY) -m autograder grade $(ASSIGNMENT) --device $(DEVICE) $(if $(WORKERS),--workers $(WORKERS))
+	$(PY) -m autograder grade $(ASSIGNMENT) --device $(DEVICE) $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter 1 yes true,$(ALLOW_WEAK_ISOLATION)),--allow-weak-isolation)
 
 feedback: env
 	$(need_assignment)

@@ -86,11 +86,21 @@ def main(argv=None) -> int:
     f.add_argument("assignment")
     f.add_argument("notebooks", nargs="+")
     _common(f)
+    col = sub.add_parser("collect", help="collect an LMS zip into submitted/ (see autograder/collect.py)")
+    col.add_argument("assignment")
+    col.add_argument("archive")
+    col.add_argument("--course", default=None)
+    col.add_argument("--regexp", default=None)
     lim = sub.add_parser("limits", help="print the limits and the isolation that holds here")
     lim.add_argument("--config", default=None)
     lim.add_argument("--course", default=None)
     a = ap.parse_args(argv)
 
+    if a.cmd == "collect":
+        from . import collect
+
+        return collect.main([a.assignment, a.archive, *(["--course", a.course] if a.course else []),
+                             *(["--regexp", a.regexp] if a.regexp else [])])
     try:
         cfg = engine.load_config(a.config)
     except ValueError as exc:

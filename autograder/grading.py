@@ -139,10 +139,14 @@ def _reason(report) -> str:
     return msg.strip().splitlines()[0][:400] if msg.strip() else "failed"
 
 
-def run_hidden_tests(tests_file: Path, session_factory, extra_args=()) -> dict[str, tuple[str, str, str]]:
-    """Run the hidden suite with ``sub`` from ``session_factory``; return name -> (outcome, reason, cause)."""
+def run_hidden_tests(tests_file: Path, session_factory, extra_args=(), only=None) -> dict[str, tuple[str, str, str]]:
+    """Run the hidden suite with ``sub`` from ``session_factory``; return name -> (outcome, reason, cause).
+
+    ``only``: run just these tests (names as reported).
+    """
     plugin = _Collector(session_factory)
-    args = [str(tests_file), "-q", "-c", str(HERE / "pytest.ini"), "--rootdir", str(HERE), "-p", "no:randomly",
+    targets = [f"{tests_file}::{name}" for name in only] if only else [str(tests_file)]
+    args = [*targets, "-q", "-c", str(HERE / "pytest.ini"), "--rootdir", str(HERE), "-p", "no:randomly",
             "-p", "no:cacheprovider", "--no-header", "-o", "console_output_style=classic", *extra_args]
     saved = {k: os.environ.pop(k) for k in _PYTEST_ENV if k in os.environ}
     try:
@@ -200,6 +204,18 @@ def read_program(source_nb, notebook_path):
                      f"download a fresh copy of the assignment and paste your answers into it"
 
 
+def _check_infrastructure(sessions, outcomes) -> None:
+    """Raise InfrastructureError if any test failed for a reason that is not the student's."""
+    for session in sessions:
+        if getattr(session, "infra_error", None):
+            raise InfrastructureError(session.infra_error)
+    faults = {n: r for n, (_, r, c) in outcomes.items() if c == "not_graded"}
+    if faults:
+        name, reason = next(iter(faults.items()))
+        raise InfrastructureError(f"{len(faults)} hidden test(s) failed for a reason that is not the "
+                                  f"submission's, e.g. {name}: {reason}")
+
+
 def grade(course: Course, assignment: str, notebook_path, session_factory, extra_args=()) -> GradeReport:
     """The grading pipeline: read, rebuild, run the hidden tests, score.
 
@@ -213,27 +229,34 @@ def grade(course: Course, assignment: str, notebook_path, session_factory, extra
         report = all_zero(assignment, source_nb, error)
         report.seconds = time.perf_counter() - start
         return report
-    holder = {}
+    sessions = []
 
     def factory():
-        holder["session"] = session_factory(program)
-        return holder["session"]
+        sessions.append(session_factory(program))
+        return sessions[-1]
 
+    tests = course.tests(assignment)
     try:
-        outcomes = run_hidden_tests(course.tests(assignment), factory, extra_args)
+        outcomes = run_hidden_tests(tests, factory, extra_args)
+        _check_infrastructure(sessions, outcomes)
+        # A runner killed from outside (the OOM killer, an operator, a node restart) looks like a
+        # crash: such tests run once more on a fresh runner, and a charge stands only if it reproduces.
+        crashed = sorted(n for n, (_, _, cause) in outcomes.items() if cause == "crashed")
+        if crashed and getattr(sessions[-1], "retries_crashes", False):
+            again = run_hidden_tests(tests, factory, extra_args, only=crashed)
+            _check_infrastructure(sessions, again)
+            for name in crashed:
+                if name in again:
+                    outcome, reason, cause = again[name]
+                    if cause == "crashed":
+                        reason = f"{reason} (reproduced on a fresh runner)"
+                    outcomes[name] = (outcome, reason, cause)
     finally:
-        close = getattr(holder.get("session"), "close", None)
-        if close is not None:
-            close()
-    session = holder.get("session")
-    infra = getattr(session, "infra_error", None)
-    if infra:
-        raise InfrastructureError(infra)
-    faults = {n: r for n, (_, r, c) in outcomes.items() if c == "not_graded"}
-    if faults:
-        name, reason = next(iter(faults.items()))
-        raise InfrastructureError(f"{len(faults)} hidden test(s) failed for a reason that is not the "
-                                  f"submission's, e.g. {name}: {reason}")
+        for session in sessions:
+            close = getattr(session, "close", None)
+            if close is not None:
+                close()
+    session = sessions[-1] if sessions else None
     report = score(assignment, outcomes, source_nb)
     report.cell_problems = dict(program.problems)
     report.error = "; ".join(dict.fromkeys(getattr(session, "events", [])))[:2000]

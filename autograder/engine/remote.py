@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import select
 import time
 import zlib
 
@@ -22,6 +23,8 @@ from .sandbox import Sandbox
 
 class RemoteSession:
     """:class:`autograder.api.Submission` backed by sandboxed runners."""
+
+    retries_crashes = True  # grading re-runs a crashed test once on a fresh runner
 
     def __init__(self, sandbox: Sandbox, program: protocol.Program, cfg: dict, deadline: float):
         self.sb, self.program, self.cfg, self.deadline = sandbox, program, cfg, deadline
@@ -34,15 +37,20 @@ class RemoteSession:
         self.events: list[str] = []
         self.cell_errors: dict = {}
         self.isolation: dict = {}  # what the last runner reported holding (its own namespaces, cgroups)
+        self._cell = None  # the grade cell of the test being run
         self.requests = 0
 
     # -- runner lifecycle --------------------------------------------------------
     def _start(self):
         try:
             self.pid, self.fd = self.sb.spawn()
+            hello = self._hello()
         except InfrastructureError as exc:
             self.infra_error = str(exc)
             raise
+        if self.sb.device == "cuda" and hello.get("cuda") != "ok":
+            self.infra_error = f"the runner cannot use CUDA: {hello.get('cuda')}"
+            raise InfrastructureError(self.infra_error)
         try:
             value = self._exchange("load", "running the program's cells",
                                    {"cells": [list(c) for c in self.program.cells],
@@ -57,6 +65,18 @@ class RemoteSession:
         if failed:
             self.infra_error = f"a read-only setup cell failed before any student code ran: {failed}"
             raise InfrastructureError(self.infra_error)
+
+    def _hello(self) -> dict:
+        """The runner's first frame, sent before any student code runs."""
+        try:
+            msg = channel.recv(self.fd, timeout=float(self.cfg["limits"]["program_seconds"]), max_bytes=1 << 20)
+        except channel.ChannelError as exc:
+            self._kill()
+            raise InfrastructureError(f"a new runner did not start: {exc}") from None
+        if type(msg) is not dict or msg.get("id") != "hello" or type(msg.get("value")) is not dict:
+            self._kill()
+            raise InfrastructureError("a new runner sent no greeting")
+        return msg["value"]
 
     def _kill(self):
         if self.fd is not None:
@@ -108,6 +128,8 @@ class RemoteSession:
             raise self._fail(f"the runner sent a reply that does not answer the request while {what}", "protocol")
         if not msg["ok"]:
             text = str(msg.get("msg", ""))[:1000]
+            if msg.get("replace") is True:
+                self._kill()  # e.g. after a CUDA error: the next request gets a fresh runner
             if msg.get("etype") == "ProtocolError":
                 raise ProtocolError(text)  # the hidden test built a bad request: not the student's fault
             cause = msg.get("cause") if msg.get("cause") in protocol.CAUSES else "raised"
@@ -139,6 +161,13 @@ class RemoteSession:
 
     # -- the harness's per-test check ------------------------------------------------
     def before_test(self, name: str):
+        """Before each hidden test: a fresh runner for each grade cell, and whenever the runner
+        sent bytes nobody asked for or died after its last reply (never charged to the next
+        test); then the numerics are pinned and checked, and the test's seed set."""
+        cell = name.split("[", 1)[0].split("__", 1)[0]
+        if self.fd is not None and (cell != self._cell or select.select([self.fd], [], [], 0)[0]):
+            self._kill()
+        self._cell = cell
         got = self.request("settings", "checking numerics settings", apply=True, seed=zlib.crc32(name.encode()))
         if any(got.get(k) is not v for k, v in protocol.EXPECTED_NUMERICS.items()):
             raise StudentError(f"the runner's numerics settings are not the pinned ones: {got}", cause="protocol")

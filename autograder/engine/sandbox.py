@@ -208,6 +208,9 @@ class Sandbox:
 
         pid, fd = self.spawn()
         try:
+            hello = channel.recv(fd, timeout=60, max_bytes=1 << 20)
+            if type(hello) is not dict or hello.get("id") != "hello":
+                return {"error": "no greeting"}
             channel.send(fd, {"id": "probe", "op": "load", "cells": [], "answer_ids": [], "problems": {}}, Ref)
             msg = channel.recv(fd, timeout=60, max_bytes=1 << 20)
             value = msg.get("value") if type(msg) is dict else None

@@ -165,6 +165,38 @@ def cudnn_flags(torch, enabled: bool = True):
     return torch.backends.cudnn.flags(enabled=enabled, benchmark=False, deterministic=True, allow_tf32=False)
 
 
+class Numerics:
+    """The C-level switches behind :func:`pin_numerics`, captured before any student code runs.
+
+    The runner pins and reads back through these references, so a student who
+    replaces ``torch.use_deterministic_algorithms`` or ``torch.backends`` attributes
+    changes neither what is pinned nor what is reported. What this cannot prove:
+    the student's code runs in the same process and may switch the settings
+    during its own call (it only changes the student's own results, which are
+    compared with references the harness computes with its own settings).
+    """
+
+    def __init__(self, torch):
+        C = torch._C
+        self._set = (C._set_deterministic_algorithms, C._set_cudnn_benchmark, C._set_cudnn_deterministic,
+                     C._set_cublas_allow_tf32, C._set_cudnn_allow_tf32)
+        self._get = {"deterministic": C._get_deterministic_algorithms,
+                     "warn_only": C._get_deterministic_algorithms_warn_only,
+                     "cudnn_benchmark": C._get_cudnn_benchmark, "cudnn_deterministic": C._get_cudnn_deterministic,
+                     "matmul_tf32": C._get_cublas_allow_tf32, "cudnn_tf32": C._get_cudnn_allow_tf32}
+
+    def pin(self) -> None:
+        det, bench, cudnn_det, mm_tf32, cudnn_tf32 = self._set
+        det(True, warn_only=True)
+        bench(False)
+        cudnn_det(True)
+        mm_tf32(False)
+        cudnn_tf32(False)
+
+    def state(self) -> dict:
+        return {k: bool(get()) for k, get in self._get.items()}
+
+
 def numerics_state(torch) -> dict:
     """The settings :func:`pin_numerics` sets, as read back."""
     return {

@@ -412,11 +412,22 @@ def _runner_main(sock, req) -> None:
     from sandbox import channel, protocol
 
     torch.set_num_threads(max(1, int(req.get("threads", 1))))
-    protocol.pin_numerics(torch)
-    _serve_requests(sock.fileno(), torch, channel, protocol, dict(groups, **held))
+    numerics = protocol.Numerics(torch)  # before any student code runs
+    numerics.pin()
+    # The first frame, sent before any student code runs, says whether this runner can
+    # work at all: a runner that cannot start CUDA is the machine's fault, never the student's.
+    hello = {"cuda": None}
+    if req.get("device") == "cuda":
+        try:
+            torch.zeros(1, device="cuda")
+            hello["cuda"] = "ok"
+        except BaseException as exc:
+            hello["cuda"] = f"{type(exc).__name__}: {exc}"[:500]
+    channel.send(sock.fileno(), {"id": "hello", "ok": True, "value": hello}, protocol.Ref)
+    _serve_requests(numerics, sock.fileno(), torch, channel, protocol, dict(groups, **held))
 
 
-def _serve_requests(fd, torch, channel, protocol, isolation: dict) -> None:
+def _serve_requests(numerics, fd, torch, channel, protocol, isolation: dict) -> None:
     """Answer requests until ``bye``: each op of ``protocol.OPERATIONS`` has one handler."""
     from sandbox.host import ProgramSession, execute_program, short_error
 
@@ -436,10 +447,10 @@ def _serve_requests(fd, torch, channel, protocol, isolation: dict) -> None:
 
     def op_settings(apply=False, seed=None):
         if apply:
-            protocol.pin_numerics(torch)
+            numerics.pin()
         if seed is not None:
             torch.manual_seed(int(seed))
-        return protocol.numerics_state(torch)
+        return numerics.state()
 
     def op_has(name):
         return need_session().has(name)
@@ -491,6 +502,8 @@ def _serve_requests(fd, torch, channel, protocol, isolation: dict) -> None:
                      "msg": "the submission ran out of memory"}
         except BaseException as exc:  # the student's SystemExit included: it must not end the runner
             reply = {"id": rid, "ok": False, "etype": "StudentError", "cause": "raised", "msg": short_error(exc)}
+            if isinstance(exc, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(exc)[:200]:
+                reply["replace"] = True  # a CUDA error can be sticky: the harness replaces this runner
         try:
             channel.send(fd, reply, protocol.Ref)
         except channel.ChannelError:
