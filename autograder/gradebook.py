@@ -46,7 +46,7 @@ def sanitise_markdown(text: str) -> str:
     """A student's markdown with no active content: every HTML tag is shown as text
     (``<`` escaped), and link targets lose script-capable URL schemes."""
     text = str(text).replace("&", "&amp;").replace("<", "&lt;")
-    return _SCHEMES.sub(lambda m: f"blocked-{m.group(1)}{m.group(2)}:", text)
+    return _SCHEMES.sub(lambda m: f"{m.group(1)}-blocked{m.group(2)}:", text)
 
 
 def inert(cell):
