@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -113,6 +114,27 @@ class _Collector:
             before(item.nodeid.split("::")[-1])
 
     @pytest.hookimpl(hookwrapper=True)
+    def pytest_pyfunc_call(self, pyfuncitem):
+        """A time limit on each test as a whole, the harness's own checks included (a huge
+        wrong answer must not keep the harness busy for minutes)."""
+        if not self._test_seconds:
+            yield
+            return
+        limit = float(self._test_seconds)
+
+        def expired(signum, frame):
+            raise StudentError(f"the test took more than {limit:g} s (the submission's results were too "
+                               f"large or too slow to check)", cause="timeout")
+
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.setitimer(signal.ITIMER_REAL, limit)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
         result = yield
         report = result.get_result()
@@ -139,12 +161,13 @@ def _reason(report) -> str:
     return msg.strip().splitlines()[0][:400] if msg.strip() else "failed"
 
 
-def run_hidden_tests(tests_file: Path, session_factory, extra_args=(), only=None) -> dict[str, tuple[str, str, str]]:
+def run_hidden_tests(tests_file: Path, session_factory, extra_args=(), only=None,
+                     test_seconds: float | None = None) -> dict[str, tuple[str, str, str]]:
     """Run the hidden suite with ``sub`` from ``session_factory``; return name -> (outcome, reason, cause).
 
-    ``only``: run just these tests (names as reported).
+    ``only``: run just these tests (names as reported); ``test_seconds``: a time limit per test.
     """
-    plugin = _Collector(session_factory)
+    plugin = _Collector(session_factory, test_seconds)
     targets = [f"{tests_file}::{name}" for name in only] if only else [str(tests_file)]
     args = [*targets, "-q", "-c", str(HERE / "pytest.ini"), "--rootdir", str(HERE), "-p", "no:randomly",
             "-p", "no:cacheprovider", "--no-header", "-o", "console_output_style=classic", *extra_args]
@@ -216,7 +239,8 @@ def _check_infrastructure(sessions, outcomes) -> None:
                                   f"submission's, e.g. {name}: {reason}")
 
 
-def grade(course: Course, assignment: str, notebook_path, session_factory, extra_args=()) -> GradeReport:
+def grade(course: Course, assignment: str, notebook_path, session_factory, extra_args=(),
+          test_seconds: float | None = None) -> GradeReport:
     """The grading pipeline: read, rebuild, run the hidden tests, score.
 
     ``session_factory(program)`` returns the object the hidden tests talk to.
@@ -237,13 +261,13 @@ def grade(course: Course, assignment: str, notebook_path, session_factory, extra
 
     tests = course.tests(assignment)
     try:
-        outcomes = run_hidden_tests(tests, factory, extra_args)
+        outcomes = run_hidden_tests(tests, factory, extra_args, test_seconds=test_seconds)
         _check_infrastructure(sessions, outcomes)
         # A runner killed from outside (the OOM killer, an operator, a node restart) looks like a
         # crash: such tests run once more on a fresh runner, and a charge stands only if it reproduces.
         crashed = sorted(n for n, (_, _, cause) in outcomes.items() if cause == "crashed")
         if crashed and getattr(sessions[-1], "retries_crashes", False):
-            again = run_hidden_tests(tests, factory, extra_args, only=crashed)
+            again = run_hidden_tests(tests, factory, extra_args, only=crashed, test_seconds=test_seconds)
             _check_infrastructure(sessions, again)
             for name in crashed:
                 if name in again:

@@ -74,10 +74,10 @@ def check_release(course=None, names: list[str] | None = None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="agr-release-") as tmp:
         tmp = Path(tmp)
         shutil.copy(course / "nbgrader_config.py", tmp)
-        shutil.copytree(course / "solutions", tmp / "solutions")
+        shutil.copytree(Course(course).source(names[0]).parent.parent, Course(tmp).source(names[0]).parent.parent)
         generate(tmp, names)
         for name in names:
-            new_dir, old_dir = tmp / "assignments" / name, course / "assignments" / name
+            new_dir, old_dir = Course(tmp).release(name).parent, Course(course).release(name).parent
             new = {p.relative_to(new_dir).as_posix() for p in new_dir.rglob("*") if p.is_file()}
             old = {p.relative_to(old_dir).as_posix() for p in old_dir.rglob("*") if p.is_file()} \
                 if old_dir.exists() else set()

@@ -178,7 +178,7 @@ def _harness_child(job: Job, slot: Slot, cfg: dict, course: Course, extra_args, 
         deadline = time.monotonic() + float(cfg["limits"]["submission_seconds"])
         report = grading.grade(course, job.assignment, job.notebook,
                                lambda program: RemoteSession(sb, program, cfg, deadline),
-                               _harness_args(sb.device, extra_args))
+                               _harness_args(sb.device, extra_args), test_seconds=cfg["limits"]["test_seconds"])
         data = asdict(report)
     except BaseException as exc:  # everything here is the grader's fault, never the student's
         data = {"assignment": job.assignment, "status": "not graded", "cause": "not_graded",
