@@ -143,3 +143,30 @@ def test_a_virtual_environment_behind_a_symbolic_link_works(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     caps = json.loads(proc.stdout.split("isolation on this machine:", 1)[1])
     assert caps["mounts"] and caps["net"] and caps["missing"] == [], caps
+
+
+@pytest.mark.slow
+def test_cpu_grading_on_a_gpu_host_deselects_the_cuda_cases(tmp_path, monkeypatch):
+    """On a machine whose harness sees a GPU, grading with --device cpu must not run the CUDA cases
+    against runners that have none (each would score 0): they are deselected, and the harness is masked."""
+    course = make_course(tmp_path / "course")
+    (course.hidden_tests_dir / "killed-once").write_text("x")
+    tests = course.tests(A)
+    tests.write_text(tests.read_text() + '''
+
+import pytest
+
+
+@pytest.mark.gpu
+def test_square__on_cuda(sub):
+    import torch
+    x = torch.full((1,), 4.0, device="cuda")  # fails on a machine without a GPU: it must never run on the CPU
+    assert sub.call("f", x).item() == 16
+''')
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the harness (forked from here) "sees" a GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    rep = grade(course, submission(course, tmp_path), canary=False, device="cpu")
+    assert rep["status"] == "graded" and rep["scores"] == rep["max_scores"], rep["tests"]
+    assert not any("on_cuda" in t["name"] for t in rep["tests"])

@@ -297,9 +297,11 @@ class Scheduler:
         n = max(1, min(self.workers, len(pending))) if pending else 0
         gpus = visible_gpus() if self.device == "cuda" else []
         try:
+            share = -(-n // len(gpus)) if gpus else 1  # more workers than GPUs: each runner gets 1/share of one
             for i in range(n):
                 gpu = gpus[i % len(gpus)] if gpus else None
-                self.slots.append(Slot(i, Sandbox(self.cfg, self.course, slot=i, device=self.device, gpu=gpu)))
+                self.slots.append(Slot(i, Sandbox(self.cfg, self.course, slot=i, device=self.device, gpu=gpu,
+                                                  gpu_share=share)))
             for slot in self.slots:
                 slot.sandbox.start()
             if self.slots:

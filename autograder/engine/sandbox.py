@@ -98,8 +98,10 @@ PASS_ENV = ("LD_LIBRARY_PATH", "CUDA_HOME", "NVIDIA_DRIVER_CAPABILITIES")
 class Sandbox:
     """A fork server for runners, isolated once, and the uid its runners use."""
 
-    def __init__(self, cfg: dict, course: Course, slot: int = 0, device: str = "cpu", gpu: str | None = None):
+    def __init__(self, cfg: dict, course: Course, slot: int = 0, device: str = "cpu", gpu: str | None = None,
+                 gpu_share: int = 1):
         self.cfg, self.course, self.slot, self.device, self.gpu = cfg, course, slot, device, gpu
+        self.gpu_share = max(1, gpu_share)  # runners of this engine that share the slot's GPU
         self.proc = None
         self.ctl = None
         self.boot = None
@@ -280,7 +282,7 @@ class Sandbox:
         lim = self.cfg["limits"]
         req = {"op": "spawn", "uid": self.uid, "device": self.device, "env": self.env(),
                "threads": self.cfg["sandbox"]["threads"], "isolate": bool(self.cfg["sandbox"]["isolate"]),
-               "userns": bool(self.caps.get("userns")),
+               "userns": bool(self.caps.get("userns")), "cuda_memory_fraction": 1.0 / self.gpu_share,
                "limits": {k: lim[k] for k in ("memory_mb", "total_memory_mb", "processes", "output_mb",
                                               "open_files", "cpu_seconds", "scratch_mb")}}
         try:

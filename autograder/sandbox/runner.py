@@ -420,6 +420,9 @@ def _runner_main(sock, req) -> None:
     if req.get("device") == "cuda":
         try:
             torch.zeros(1, device="cuda")
+            fraction = float(req.get("cuda_memory_fraction") or 0)
+            if 0 < fraction < 1:  # several runners share this GPU: each gets its part
+                torch.cuda.set_per_process_memory_fraction(fraction)
             hello["cuda"] = "ok"
         except BaseException as exc:
             hello["cuda"] = f"{type(exc).__name__}: {exc}"[:500]
