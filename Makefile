@@ -22,7 +22,7 @@ endif
 
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: help env book test test-fast test-gpu lock clean generate check-release collect grade feedback export grading-limits
+.PHONY: help env book test test-fast test-gpu lock clean generate check-release collect grade feedback export grading-limits gpu-wheels gpu-check
 help:
 	@sed -n '3,5p' Makefile
 
@@ -102,4 +102,28 @@ export: env
 	$(NBGRADER) export
 
 grading-limits: env
-	$(PY) -m autograder limits
+	$(PY) -m autograder limits | tee /dev/stderr | grep -q '"missing": \[\]' \
+	  || { echo "the sandbox's isolation does not fully hold here (see \"missing\" above)"; exit 1; }
+
+# ---- GPU acceptance (see autograder/README.md) ----
+#   make gpu-wheels [GPU_PY_VERSION=3.12]   here, with network: wheels for the GPU machine's Python
+#   make gpu-check [GPU_PYTHON=python3]     there, with its own PyTorch and no network
+GPU_PYTHON ?= python3
+GPU_PY_VERSION ?= 3.12
+GPU_WHEELS ?= wheels/gpu
+GPU_SITE := _build/gpu-site
+
+gpu-wheels:
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	python3 -m pip download -q --disable-pip-version-check --dest $(GPU_WHEELS) --only-binary=:all: \
+	  --python-version $(GPU_PY_VERSION) --implementation cp --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	  $$(grep -v -e '^#' -e '^jieba' tools/gpu-requirements.txt) setuptools wheel
+	python3 -m pip download -q --disable-pip-version-check --dest $(GPU_WHEELS) --no-deps --no-binary=:all: jieba==0.42.1
+	@du -sh $(GPU_WHEELS)
+
+gpu-check:
+	@if [ -n "$(GPU_WHEELS)" ]; then rm -rf $(GPU_SITE) && \
+	  $(GPU_PYTHON) -m pip install -q --disable-pip-version-check --no-index --find-links $(GPU_WHEELS) \
+	    --target $(GPU_SITE) -r tools/gpu-requirements.txt; fi
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(GPU_SITE) $(GPU_PYTHON) tools/gpu_check.py
