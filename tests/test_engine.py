@@ -276,6 +276,62 @@ def hog(children, mb):
 '''
 
 
+LEAKY = '''
+import os, socket, threading, time
+
+def leak_descriptors():
+    kept = []
+    try:
+        while True:
+            kept.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    globals()["_kept"] = kept
+    return len(kept)
+
+def open_one():
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.close(fd)
+    return True
+
+def reply_then_babble():
+    def babble():  # bytes nobody asked for, after the reply, on every descriptor that may be the channel
+        time.sleep(0.3)
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b"AGR1garbage")
+            except OSError:
+                pass
+    threading.Thread(target=babble, daemon=True).start()
+    return 1
+
+def reply_then_die():
+    threading.Timer(0.3, lambda: os._exit(5)).start()
+    return 2
+
+def add(a, b):
+    return a + b
+'''
+
+
+def test_leftovers_of_one_grade_cell_never_fail_the_next(sandbox):
+    s = _session(sandbox, LEAKY)
+    try:
+        s.before_test("test_first__leak")
+        assert s.call("leak_descriptors") > 100
+        s.before_test("test_second__open")  # another grade cell: a fresh runner
+        assert s.call("open_one") is True
+        for what in ("reply_then_babble", "reply_then_die"):
+            s.before_test(f"test_third__{what}")
+            assert s.call(what) in (1, 2)
+            time.sleep(1.0)
+            s.before_test(f"test_third__{what}_next")  # same grade cell: replaced, since the runner misbehaved
+            assert s.call("add", 2, 3) == 5
+        assert s.events == []  # nothing was charged
+    finally:
+        s.close()
+
+
 def test_nothing_of_one_submission_is_visible_to_the_next(sandbox):
     per = sandbox.caps["per_runner"]
     assert per.get("tmp") and per.get("ipc") and per.get("pid") and per.get("proc"), per
