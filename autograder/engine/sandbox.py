@@ -153,8 +153,9 @@ class Sandbox:
         os.chmod(boot, 0o755)
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         shutil.copytree(SANDBOX_PACKAGE, boot / "sandbox", ignore=ignore)
-        if self.course.package.is_dir():
-            shutil.copytree(self.course.package, boot / "course" / self.course.package.name, ignore=ignore)
+        package = self.package_source()
+        if package is not None:
+            shutil.copytree(package, boot / "course" / package.name, ignore=ignore)
         for p in boot.rglob("*"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         return boot
@@ -242,10 +243,20 @@ class Sandbox:
                 missing.append(what)
         return missing
 
+    def package_source(self) -> Path | None:
+        """The course package the runner gets: the course's own copy, or, for a course without one,
+        the one this environment imports."""
+        if self.course.package.is_dir():
+            return self.course.package
+        import importlib.util
+
+        spec = importlib.util.find_spec(self.course.package.name)
+        return Path(spec.origin).resolve().parent if spec is not None and spec.origin else None
+
     def _check_package(self) -> None:
         """The runner must import the course's own package, from the boot copy, or nothing runs."""
         where = self.caps.get("package_file")
-        if self.course.package.is_dir() and not (where and where.startswith(str(Path(self.boot) / "course") + "/")):
+        if self.package_source() is not None and not (where and where.startswith(str(Path(self.boot) / "course") + "/")):
             self.stop()
             raise InfrastructureError(
                 f"the runner imports {self.course.package.name} from {where!r}, not the course's own copy; "
