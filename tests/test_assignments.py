@@ -20,6 +20,7 @@ import pytest
 
 from autograder import notebook as nbmod
 from autograder.course import Course
+from autograder.devices import cuda_available
 from tests.variants import load_variants, make_variant_notebook
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,18 +59,21 @@ def reports(assignment: str, tmp_path_factory) -> dict:
     nbformat.write(nbmod.read_notebook(Course().release(assignment)), nbs / "release.ipynb")
     for vname, spec in _variants(assignment).items():
         nbformat.write(make_variant_notebook(assignment, spec), nbs / f"variant-{vname}.ipynb")
-    engine = subprocess.run(
-        [sys.executable, "-m", "autograder", "files", assignment, *sorted(map(str, nbs.glob("*.ipynb"))),
-         "--json-dir", str(d / "engine"), "--workers", "2", "--force", "--no-progress"],
-        cwd=REPO, capture_output=True, text=True, timeout=1800)
-    assert engine.returncode == 0, engine.stdout[-3000:] + engine.stderr[-3000:]
+    # On a machine with a GPU the engine grades on both devices, and they must agree.
+    kinds = {"engine": "cpu", **({"engine-cuda": "cuda"} if cuda_available() else {})}
+    for kind, device in kinds.items():
+        engine = subprocess.run(
+            [sys.executable, "-m", "autograder", "files", assignment, *sorted(map(str, nbs.glob("*.ipynb"))),
+             "--json-dir", str(d / kind), "--workers", "2", "--force", "--no-progress", "--device", device],
+            cwd=REPO, capture_output=True, text=True, timeout=1800)
+        assert engine.returncode == 0, engine.stdout[-3000:] + engine.stderr[-3000:]
     inproc = subprocess.run(
         [sys.executable, "-m", "autograder.grading", assignment,
          *[str(nbs / f"{n}.ipynb") for n in _inprocess_subset(assignment)], "--json-dir", str(d / "inprocess")],
         cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert inproc.returncode == 0, inproc.stdout[-3000:] + inproc.stderr[-3000:]
     _REPORTS[assignment] = {kind: {p.stem: json.loads(p.read_text()) for p in (d / kind).glob("*.json")}
-                            for kind in ("engine", "inprocess")}
+                            for kind in (*kinds, "inprocess")}
     return _REPORTS[assignment]
 
 
@@ -84,6 +88,11 @@ def graded(assignment: str, name: str, tmp_path_factory) -> dict:
         assert engine["scores"] == inproc["scores"], (engine["tests"], inproc["tests"])
         outcome = {t["name"]: (t["outcome"], t["cause"]) for t in inproc["tests"]}
         assert {t["name"]: (t["outcome"], t["cause"]) for t in engine["tests"]} == outcome
+    on_cuda = both.get("engine-cuda", {}).get(name)
+    if on_cuda is not None:  # the CUDA cases ran there too; the CPU cases must agree
+        assert on_cuda["scores"] == engine["scores"]
+        cpu_outcomes = {t["name"]: t["outcome"] for t in engine["tests"]}
+        assert all(cpu_outcomes.get(t["name"], t["outcome"]) == t["outcome"] for t in on_cuda["tests"])
     return engine
 
 
