@@ -310,8 +310,12 @@ def grade_inprocess(assignment: str, notebook_path, course: Course | None = None
 
     from .sandbox.protocol import pin_numerics
 
+    from .devices import cuda_available
+
     pin_numerics(torch)
-    return grade(course or Course(), assignment, notebook_path, load_inprocess, extra_args)
+    # As the engine does on the CPU: without a GPU the CUDA cases are deselected, not skipped.
+    extra = [*extra_args, *([] if cuda_available() else ["-m", "not gpu"])]
+    return grade(course or Course(), assignment, notebook_path, load_inprocess, extra)
 
 
 def main(argv=None) -> int:
