@@ -313,6 +313,7 @@ def grade_inprocess(assignment: str, notebook_path, course: Course | None = None
     from .devices import cuda_available
 
     pin_numerics(torch)
+    torch.set_num_threads(1)  # as each sandboxed runner does (config [sandbox] threads)
     # As the engine does on the CPU: without a GPU the CUDA cases are deselected, not skipped.
     extra = [*extra_args, *([] if cuda_available() else ["-m", "not gpu"])]
     return grade(course or Course(), assignment, notebook_path, load_inprocess, extra)
