@@ -22,7 +22,7 @@ endif
 
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: help env browser book test test-fast test-gpu lock clean generate check-release collect grade feedback export grading-limits
+.PHONY: help env browser book test test-fast test-gpu lock clean generate check-release collect grade feedback export grading-limits gpu-wheels gpu-check
 help:
 	@sed -n '3,5p' Makefile
 
@@ -66,15 +66,16 @@ clean:
 #   make generate [ASSIGNMENT=a02_rnn_from_scratch]   solutions/ -> assignments/ (+ gradebook entry)
 #   make check-release                                fail if assignments/ differs from a fresh generation
 #   make collect ASSIGNMENT=a01_... [ZIP=lms.zip]     LMS zip -> submitted/<student>/<assignment>/
-#   make grade ASSIGNMENT=a01_... [WORKERS=N] [DEVICE=cuda]   sandboxed engine -> gradebook.db + autograded/
+#   make grade ASSIGNMENT=a01_... [WORKERS=N] [DEVICE=cuda] [ALLOW_WEAK_ISOLATION=1]   sandboxed engine -> gradebook.db + autograded/
 #   make feedback ASSIGNMENT=a01_...                  feedback/<student>/<assignment>/*.html
 #   make export                                       grades.csv
 ASSIGNMENT ?=
 WORKERS ?=
 DEVICE ?= cpu
 ZIP ?=
-# LMS file names: <student_id>_<assignment>.ipynb anywhere in the zip.
-COLLECT_REGEXP ?= .*?(?P<student_id>[A-Za-z0-9.@-]+)_(?P<file_id>a[0-9][0-9]_[A-Za-z0-9_]+\.ipynb)$$
+# Student ids come from the LMS's layout: a folder per student (<id>/...ipynb) or a
+# file-name prefix (<id>_...ipynb). Override with a regexp that has a (?P<student_id>...) group.
+COLLECT_REGEXP ?=
 NBGRADER := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/nbgrader
 
 define need_assignment
@@ -90,14 +91,14 @@ check-release: env
 collect: env
 	$(need_assignment)
 	@if [ -n "$(ZIP)" ]; then \
-	  mkdir -p downloaded/$(ASSIGNMENT)/archive && cp "$(ZIP)" downloaded/$(ASSIGNMENT)/archive/ && \
-	  $(NBGRADER) zip_collect $(ASSIGNMENT) --force --FileNameCollector.named_regexp='$(COLLECT_REGEXP)'; \
+	  $(PY) -m autograder collect $(ASSIGNMENT) "$(ZIP)" $(if $(COLLECT_REGEXP),--regexp '$(COLLECT_REGEXP)'); \
+	else \
+	  ls -d submitted/*/$(ASSIGNMENT) 2>/dev/null | sed 's|^|collected: |' || echo "no submissions of $(ASSIGNMENT) under submitted/"; \
 	fi
-	@ls -d submitted/*/$(ASSIGNMENT) 2>/dev/null | sed 's|^|collected: |' || echo "no submissions of $(ASSIGNMENT) under submitted/"
 
 grade: env
 	$(need_assignment)
-	$(PY) -m autograder grade $(ASSIGNMENT) --device $(DEVICE) $(if $(WORKERS),--workers $(WORKERS))
+	$(PY) -m autograder grade $(ASSIGNMENT) --device $(DEVICE) $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter 1 yes true,$(ALLOW_WEAK_ISOLATION)),--allow-weak-isolation)
 
 feedback: env
 	$(need_assignment)
@@ -107,4 +108,28 @@ export: env
 	$(NBGRADER) export
 
 grading-limits: env
-	$(PY) -m autograder limits
+	$(PY) -m autograder limits | tee /dev/stderr | grep -q '"missing": \[\]' \
+	  || { echo "the sandbox's isolation does not fully hold here (see \"missing\" above)"; exit 1; }
+
+# ---- GPU acceptance (see autograder/README.md) ----
+#   make gpu-wheels [GPU_PY_VERSION=3.12]   here, with network: wheels for the GPU machine's Python
+#   make gpu-check [GPU_PYTHON=python3]     there, with its own PyTorch and no network
+GPU_PYTHON ?= python3
+GPU_PY_VERSION ?= 3.12
+GPU_WHEELS ?= wheels/gpu
+GPU_SITE := _build/gpu-site
+
+gpu-wheels:
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	python3 -m pip download -q --disable-pip-version-check --dest $(GPU_WHEELS) --only-binary=:all: \
+	  --python-version $(GPU_PY_VERSION) --implementation cp --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+	  $$(grep -v -e '^#' -e '^jieba' tools/gpu-requirements.txt) setuptools wheel
+	python3 -m pip download -q --disable-pip-version-check --dest $(GPU_WHEELS) --no-deps --no-binary=:all: jieba==0.42.1
+	@du -sh $(GPU_WHEELS)
+
+gpu-check:
+	@if [ -n "$(GPU_WHEELS)" ]; then rm -rf $(GPU_SITE) && \
+	  $(GPU_PYTHON) -m pip install -q --disable-pip-version-check --no-index --find-links $(GPU_WHEELS) \
+	    --target $(GPU_SITE) -r tools/gpu-requirements.txt; fi
+	PYTHONPATH=$(CURDIR):$(CURDIR)/$(GPU_SITE) $(GPU_PYTHON) tools/gpu_check.py

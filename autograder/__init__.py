@@ -1,13 +1,17 @@
 """The course's autograder.
 
-* :mod:`autograder.notebook` reads nbgrader notebooks and rebuilds the program
-  to grade from the instructor's source plus the student's answer cells.
-* :mod:`autograder.api` is what hidden tests use: the ``Submission`` interface,
-  ``Ref`` handles and strict tensor comparisons.
-* :mod:`autograder.inprocess` runs a rebuilt program in the grading process
-  (for development; it offers no isolation).
-* :mod:`autograder.grading` runs an assignment's hidden tests against a
-  submission and turns their outcomes into points per ``grade_id``.
+Harness side (never runs student code):
+
+* :mod:`.course`    where everything of a course lives;
+* :mod:`.notebook`  reading nbgrader notebooks, the cell kinds, rebuilding the program;
+* :mod:`.grading`   the pytest plugin, scoring, and the one ``grade`` pipeline;
+* :mod:`.api`       what hidden tests use: the ``Submission`` interface and strict checks;
+* :mod:`.gradebook` nbgrader's gradebook and the autograded notebook;
+* :mod:`.engine`    config, sandboxes, the remote session, the results store, the batch scheduler;
+* :mod:`.workflow`, :mod:`.cli`, :mod:`.devices`.
+
+Beside student code: :mod:`.sandbox`, copied whole into each runner's boot
+directory, importing nothing from the rest of this package.
 
 Hidden test suites live in ``autograder/tests/test_<assignment>.py``.
 """

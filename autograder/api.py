@@ -19,34 +19,15 @@ Example::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
-
-@dataclass(frozen=True)
-class Ref:
-    """A handle to an object kept inside the student's program."""
-
-    name: str
+from .sandbox.protocol import Ref, Result, StudentError
 
 
-class StudentError(AssertionError):
-    """The student's code raised, returned a non-data value, or is missing.
-
-    It subclasses AssertionError so that a test failing this way is a plain
-    test failure with a readable reason.
-    """
-
-
-@dataclass
-class Result:
-    """What :meth:`Submission.run` returns."""
-
-    value: Any = None
-    grads: list = field(default_factory=list)
-    param_grads: dict = field(default_factory=dict)
+# The handle, result and error types are the protocol's: the same classes on both sides.
+__all__ = ["Ref", "Result", "StudentError", "Submission", "check_tensor", "assert_close", "assert_number"]
 
 
 class Submission(Protocol):

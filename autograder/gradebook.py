@@ -20,16 +20,46 @@ unchanged. Points always come from the instructor's notebook.
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from pathlib import Path
 
 import nbformat
 
 from . import notebook as nbmod
+from .course import Course
+from .sandbox.protocol import CAUSES
 
 
-def _md(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+_md = nbmod.nbgrader_md
+
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+_SCHEMES = re.compile(r"(?i)\b(javascript|vbscript|data|file)(\s*):")
+
+
+def plain_text(text: str) -> str:
+    """A failure reason as plain text: no terminal control sequences, no other control characters."""
+    return _CONTROL.sub("", str(text))
+
+
+def sanitise_markdown(text: str) -> str:
+    """A student's markdown with no active content: every HTML tag is shown as text
+    (``<`` escaped), and link targets lose script-capable URL schemes."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;")
+    return _SCHEMES.sub(lambda m: f"{m.group(1)}-blocked{m.group(2)}:", text)
+
+
+def inert(cell):
+    """A cell of the student's as it may appear in the autograded notebook and the feedback:
+    code without outputs (the engine never ran it, so its outputs are unverified claims),
+    markdown without active content, no attachments, no metadata of theirs."""
+    cell = copy.deepcopy(cell)
+    if cell.get("cell_type") == "code":
+        cell.outputs, cell.execution_count = [], None
+    else:
+        cell.source = sanitise_markdown(cell.get("source", ""))
+        cell.pop("attachments", None)
+    return cell
 
 
 def _listing(gid: str, points: float, report: dict) -> str:
@@ -43,11 +73,13 @@ def _listing(gid: str, points: float, report: dict) -> str:
         elif t["outcome"] == "passed":
             lines.append(f"  {t['name']}: passed, {each:.2f} / {each:.2f}")
         else:
-            reason = (t.get("reason") or t["outcome"]).replace("\n", " ")[:300]
-            lines.append(f"  {t['name']}: {t['outcome']}, 0.00 / {each:.2f} ({reason})")
+            reason = plain_text(t.get("reason") or t["outcome"]).replace("\n", " ")[:300]
+            why = CAUSES.get(t.get("cause", ""), "")
+            lines.append(f"  {t['name']}: {t['outcome']}, 0.00 / {each:.2f}" + (f" [{why}]" if why else "")
+                         + f" ({reason})")
     problems = report.get("cell_problems") or {}
     for cell, why in problems.items():
-        lines.append(f"  note: {cell}: {why}")
+        lines.append(f"  note: {plain_text(cell)}: {plain_text(why)}")
     return "\n".join(lines) + "\n"
 
 
@@ -55,16 +87,16 @@ def autograded_notebook(release_nb, submission_nb, report: dict):
     """The notebook nbgrader's feedback and formgrader read (see the module docstring)."""
     rel_cells = {}
     for cell in release_nb.cells:
-        gid = _md(cell).get("grade_id")
+        gid = nbmod.grade_id(cell)
         if gid:
             rel_cells[gid] = cell
     count: dict[str, int] = {}
     for cell in submission_nb.cells:
-        gid = _md(cell).get("grade_id")
+        gid = nbmod.grade_id(cell)
         if gid:
             count[gid] = count.get(gid, 0) + 1
     out_cells, seen = [], set()
-    rel_order = [(_md(c).get("grade_id"), c) for c in release_nb.cells]
+    rel_order = [(nbmod.grade_id(c), c) for c in release_nb.cells]
 
     def restore(gid):
         rel = copy.deepcopy(rel_cells[gid])
@@ -84,12 +116,11 @@ def autograded_notebook(release_nb, submission_nb, report: dict):
                 seen.add(rgid)
 
     for cell in submission_nb.cells:
-        cell = copy.deepcopy(cell)
-        gid = _md(cell).get("grade_id")
+        cell = inert(cell)
+        gid = nbmod.grade_id(cell)
         if gid is None or gid not in rel_cells or gid in seen:
             # A free cell, or forged / duplicated grade metadata: keep the content as a plain cell.
-            if "nbgrader" in cell.get("metadata", {}):
-                del cell.metadata["nbgrader"]
+            cell.metadata = {}
             out_cells.append(cell)
             continue
         insert_missing_before(gid)
@@ -99,7 +130,7 @@ def autograded_notebook(release_nb, submission_nb, report: dict):
             new = restore(gid)  # the instructor's cell, whatever the student did to it
         else:
             new = copy.deepcopy(rel)  # an answer: the student's text under the release's metadata
-            new.source = cell.source
+            new.source = cell.source if rel.cell_type == cell.cell_type else sanitise_markdown(cell.source)
             if new.cell_type == "code":
                 new.outputs, new.execution_count = [], None
         out_cells.append(new)
@@ -116,18 +147,17 @@ def autograded_notebook(release_nb, submission_nb, report: dict):
     return nb
 
 
-def write_result(course: Path, assignment: str, student: str, report: dict, submission_path,
+def write_result(course: Course, assignment: str, student: str, report: dict, submission_path,
                  db_url: str | None = None) -> None:
     """Record one graded submission in the gradebook and in ``autograded/``."""
     from nbgrader.api import Gradebook, MissingEntry
 
     if report.get("status") != "graded":
         return  # never turn a failure into a score
-    course = Path(course)
-    db_url = db_url or f"sqlite:///{course / 'gradebook.db'}"
-    release_path = course / "assignments" / assignment / f"{assignment}.ipynb"
-    release_nb = nbmod.read_notebook(release_path)
-    source_nb = nbmod.read_notebook(course / "solutions" / assignment / f"{assignment}.ipynb")
+    course = course if isinstance(course, Course) else Course(course)
+    db_url = db_url or course.gradebook_url
+    release_nb = nbmod.read_notebook(course.release(assignment))
+    source_nb = nbmod.read_notebook(course.source(assignment))
     cells = nbmod.grade_cells(source_nb)
     sub_dir = Path(submission_path).parent
     timestamp = None
@@ -157,8 +187,9 @@ def write_result(course: Path, assignment: str, student: str, report: dict, subm
         sub_nb = nbmod.read_notebook(submission_path)
     except nbmod.SubmissionFormatError:
         sub_nb = nbformat.v4.new_notebook()
-    out_dir = course / "autograded" / student / assignment
+    out = course.autograded(student, assignment)
+    out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    nbformat.write(autograded_notebook(release_nb, sub_nb, report), out_dir / f"{assignment}.ipynb")
+    nbformat.write(autograded_notebook(release_nb, sub_nb, report), out)
     if ts_file.exists():
         shutil.copyfile(ts_file, out_dir / "timestamp.txt")

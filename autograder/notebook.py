@@ -16,14 +16,12 @@ Points always come from the source.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
-REPO = Path(__file__).resolve().parent.parent
-SOURCE_DIR = REPO / "solutions"
-RELEASE_DIR = REPO / "assignments"
+from .sandbox.protocol import Program
 
 
 class SubmissionFormatError(ValueError):
@@ -39,51 +37,70 @@ class GradeCell:
     kind: str  # "autograded" (test cell), "manual" (answer) or "task"
 
 
-@dataclass
-class Program:
-    """The code to run for one submission, and what went wrong building it."""
-
-    cells: list[tuple[str, str]]  # (label, source): label is the grade_id or "setup-<n>"
-    answer_ids: list[str]
-    problems: dict[str, str] = field(default_factory=dict)  # answer grade_id -> reason
+def nbgrader_md(cell) -> dict:
+    """A cell's nbgrader metadata, or {} when it is absent or malformed (a string, a list...)."""
+    md = cell.get("metadata") if isinstance(cell, dict) else None
+    md = md.get("nbgrader") if isinstance(md, dict) else None
+    return md if isinstance(md, dict) else {}
 
 
-def _nbgrader(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+def grade_id(cell) -> str | None:
+    """A cell's nbgrader grade_id, or None when it has none or it is not a string."""
+    gid = nbgrader_md(cell).get("grade_id")
+    return gid if isinstance(gid, str) else None
 
 
-def source_path(assignment: str) -> Path:
-    """The instructor's source notebook of ``assignment``."""
-    path = SOURCE_DIR / assignment / f"{assignment}.ipynb"
-    if not path.exists():
-        known = sorted(p.name for p in SOURCE_DIR.iterdir() if p.is_dir()) if SOURCE_DIR.exists() else []
-        raise ValueError(f"unknown assignment {assignment!r}: no {path}; known: {known}")
-    return path
+# The nbgrader cell kinds, written once.
+def is_answer(cell) -> bool:
+    """An autograded answer cell: code the student writes (``solution`` and not ``grade``)."""
+    md = nbgrader_md(cell)
+    return cell.get("cell_type") == "code" and bool(md.get("solution")) and not md.get("grade")
+
+
+def is_setup(cell) -> bool:
+    """A read-only setup code cell of the instructor (locked, not a grade or task cell)."""
+    md = nbgrader_md(cell)
+    return cell.get("cell_type") == "code" and bool(md.get("locked")) and not md.get("grade") and not md.get("task")
+
+
+def is_test(cell) -> bool:
+    """An autograded test cell (``grade`` and not ``solution``)."""
+    md = nbgrader_md(cell)
+    return cell.get("cell_type") == "code" and bool(md.get("grade")) and not md.get("solution")
+
+
+MAX_NOTEBOOK_BYTES = 64 << 20
 
 
 def read_notebook(path: str | Path):
     """Read a notebook, turning every kind of damage into SubmissionFormatError."""
     try:
+        if Path(path).stat().st_size > MAX_NOTEBOOK_BYTES:
+            raise SubmissionFormatError(f"{path} is larger than {MAX_NOTEBOOK_BYTES >> 20} MiB; "
+                                        "clear its outputs and submit again")
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SubmissionFormatError(f"cannot read {path}: {exc}") from exc
     try:
         raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SubmissionFormatError(f"{path} is not valid JSON ({exc}); was it saved as a notebook?") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise SubmissionFormatError(f"{path} is not valid JSON ({type(exc).__name__}); "
+                                    "was it saved as a notebook?") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
         raise SubmissionFormatError(f"{path} is JSON but not a notebook (no 'cells' list)")
+    if not all(isinstance(c, dict) for c in raw["cells"]):
+        raise SubmissionFormatError(f"{path} has a cell that is not a JSON object")
     try:
         return nbformat.reads(text, as_version=4)
-    except Exception as exc:  # nbformat raises several types
-        raise SubmissionFormatError(f"{path} is not a valid notebook: {exc}") from exc
+    except (Exception, RecursionError) as exc:  # nbformat raises several types
+        raise SubmissionFormatError(f"{path} is not a valid notebook: {type(exc).__name__}") from None
 
 
 def grade_cells(source_nb) -> list[GradeCell]:
     """Every grade cell of the source, in order, with its points."""
     cells = []
     for cell in source_nb.cells:
-        md = _nbgrader(cell)
+        md = nbgrader_md(cell)
         if not md.get("grade") and not md.get("task"):
             continue
         if md.get("task"):
@@ -98,28 +115,23 @@ def grade_cells(source_nb) -> list[GradeCell]:
 
 def answer_cell_ids(source_nb) -> list[str]:
     """grade_ids of the autograded answer cells (code the student writes)."""
-    return [
-        _nbgrader(c)["grade_id"]
-        for c in source_nb.cells
-        if c.cell_type == "code" and _nbgrader(c).get("solution") and not _nbgrader(c).get("grade")
-    ]
+    return [grade_id(c) for c in source_nb.cells if is_answer(c)]
 
 
 def build_program(source_nb, submission_nb) -> Program:
     """Rebuild the program to grade (see the module docstring)."""
     by_id: dict[str, list] = {}
     for cell in submission_nb.cells:
-        gid = _nbgrader(cell).get("grade_id")
+        gid = grade_id(cell)
         if gid is not None:
             by_id.setdefault(gid, []).append(cell)
     cells, answers, problems = [], [], {}
     setup_n = 0
     for cell in source_nb.cells:
-        md = _nbgrader(cell)
         if cell.cell_type != "code":
             continue
-        if md.get("solution") and not md.get("grade"):
-            gid = md["grade_id"]
+        if is_answer(cell):
+            gid = grade_id(cell)
             answers.append(gid)
             found = by_id.get(gid, [])
             if not found:
@@ -128,11 +140,14 @@ def build_program(source_nb, submission_nb) -> Program:
             if len(found) > 1:
                 problems[gid] = f"answer cell {gid!r} appears {len(found)} times in the submission (duplicated cell)"
                 continue
-            if found[0].cell_type != "code":
-                problems[gid] = f"answer cell {gid!r} was changed from a code cell to a {found[0].cell_type} cell"
+            if found[0].get("cell_type") != "code":
+                problems[gid] = f"answer cell {gid!r} was changed from a code cell to a {found[0].get('cell_type')} cell"
+                continue
+            if not isinstance(found[0].get("source"), str):
+                problems[gid] = f"answer cell {gid!r} has no readable source"
                 continue
             cells.append((gid, found[0].source))
-        elif md.get("locked") and not md.get("grade") and not md.get("task"):
+        elif is_setup(cell):
             setup_n += 1
             cells.append((f"setup-{setup_n}", cell.source))
     return Program(cells=cells, answer_ids=answers, problems=problems)

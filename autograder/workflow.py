@@ -23,12 +23,11 @@ from pathlib import Path
 
 import nbformat
 
-REPO = Path(__file__).resolve().parent.parent
+from .course import Course
 
 
-def assignments(course: Path) -> list[str]:
-    src = Path(course) / "solutions"
-    return sorted(p.name for p in src.iterdir() if p.is_dir() and (p / f"{p.name}.ipynb").exists())
+def assignments(course) -> list[str]:
+    return Course(course).assignments()
 
 
 def _env() -> dict:
@@ -56,29 +55,29 @@ def normalise(path: Path, source: Path | None = None) -> None:
     nbformat.write(nb, path)
 
 
-def generate(course: Path, names: list[str] | None = None) -> None:
-    course = Path(course)
+def generate(course, names: list[str] | None = None) -> None:
+    course = Course(course).root
     for name in names or assignments(course):
         proc = subprocess.run([str(Path(sys.prefix) / "bin" / "nbgrader"), "generate_assignment", name, "--force"],
                               cwd=course, env=_env(), capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"nbgrader generate_assignment {name} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-        for nb in (course / "assignments" / name).glob("*.ipynb"):
-            normalise(nb, course / "solutions" / name / nb.name)
+        for nb in Course(course).release(name).parent.glob("*.ipynb"):
+            normalise(nb, Course(course).source(name).parent / nb.name)
 
 
-def check_release(course: Path = REPO, names: list[str] | None = None) -> list[str]:
+def check_release(course=None, names: list[str] | None = None) -> list[str]:
     """Regenerate into a temporary course; return the differences (empty: no drift)."""
-    course = Path(course)
+    course = (Course(course) if course is not None else Course()).root
     names = names or assignments(course)
     problems = []
     with tempfile.TemporaryDirectory(prefix="agr-release-") as tmp:
         tmp = Path(tmp)
         shutil.copy(course / "nbgrader_config.py", tmp)
-        shutil.copytree(course / "solutions", tmp / "solutions")
+        shutil.copytree(Course(course).source(names[0]).parent.parent, Course(tmp).source(names[0]).parent.parent)
         generate(tmp, names)
         for name in names:
-            new_dir, old_dir = tmp / "assignments" / name, course / "assignments" / name
+            new_dir, old_dir = Course(tmp).release(name).parent, Course(course).release(name).parent
             new = {p.relative_to(new_dir).as_posix() for p in new_dir.rglob("*") if p.is_file()}
             old = {p.relative_to(old_dir).as_posix() for p in old_dir.rglob("*") if p.is_file()} \
                 if old_dir.exists() else set()
@@ -100,9 +99,9 @@ def main(argv=None) -> int:
         return 2
     cmd, names = argv[0], argv[1:] or None
     if cmd == "generate":
-        generate(REPO, names)
+        generate(Course().root, names)
         return 0
-    problems = check_release(REPO, names)
+    problems = check_release(None, names)
     for p in problems:
         print(p)
     print("release is up to date" if not problems else f"{len(problems)} difference(s)")

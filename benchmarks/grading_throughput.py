@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 import nbformat  # noqa: E402
 
 from autograder import notebook as nbmod  # noqa: E402
+from autograder.course import Course
 from autograder import workflow  # noqa: E402
 from tests.variants import load_variants, make_variant_notebook  # noqa: E402
 
@@ -36,7 +37,7 @@ def build_course(root: Path, assignment: str, n: int) -> None:
     for f in ("conftest.py", f"test_{assignment}.py"):
         shutil.copy(REPO / "autograder" / "tests" / f, root / "autograder" / "tests")
     workflow.generate(root, [assignment])
-    pool = [nbmod.read_notebook(nbmod.source_path(assignment)),
+    pool = [nbmod.read_notebook(Course().source(assignment)),
             nbmod.read_notebook(root / "assignments" / assignment / f"{assignment}.ipynb")]
     try:
         pool += [make_variant_notebook(assignment, spec) for spec in load_variants(assignment).values()]

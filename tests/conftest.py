@@ -1,10 +1,13 @@
-"""Test configuration: offline data, and a CPU/GPU device fixture."""
+"""Test configuration: offline data, and the CPU/GPU ``device`` parameter.
+
+The ``gpu`` marker and the ``device`` parametrisation are defined once, in
+:mod:`autograder.devices`, for these tests and the hidden suites alike.
+"""
 
 import os
 from pathlib import Path
 
-import pytest
-import torch
+from autograder.devices import _skip_cuda_without_gpu, pytest_configure, pytest_generate_tests  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -12,15 +15,3 @@ REPO = Path(__file__).resolve().parent.parent
 _mirror = REPO.parent / "shared" / "data"
 if "SEQCOURSE_DATA" not in os.environ and _mirror.is_dir():
     os.environ["SEQCOURSE_DATA"] = str(_mirror)
-
-
-def pytest_generate_tests(metafunc):
-    if "device" in metafunc.fixturenames:
-        metafunc.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-
-
-@pytest.fixture(autouse=True)
-def _skip_cuda_without_gpu(request):
-    if "device" in request.fixturenames and request.getfixturevalue("device") == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("no CUDA device")

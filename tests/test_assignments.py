@@ -1,12 +1,13 @@
 """The assignments are honest: the solution earns every automatic point, the
 student release earns none, and each deliberately wrong variant loses points
-exactly on the parts it breaks.
+exactly on the parts it breaks (a variant with an empty ``breaks`` is a correct
+solution written another way, and keeps full marks).
 
-Each grading runs in a fresh interpreter (``python -m autograder.grading``),
-as a real grading run would. Every notebook is also graded once by the
-sandboxed engine (``python -m autograder files``: one batch per assignment,
-two workers), and the two back ends must agree on every score and on every
-hidden test's outcome.
+Every notebook of an assignment is graded in one batch of the sandboxed engine
+(``python -m autograder files``). The in-process back end grades, in one fresh
+interpreter per assignment, the solution, the release and one variant per
+grade_id, and the two back ends must agree on every score, every hidden
+test's outcome and its cause.
 """
 
 import json
@@ -18,105 +19,117 @@ import nbformat
 import pytest
 
 from autograder import notebook as nbmod
+from autograder.course import Course
+from autograder.devices import cuda_available
 from tests.variants import load_variants, make_variant_notebook
 
 REPO = Path(__file__).resolve().parent.parent
-ASSIGNMENTS = sorted(p.name for p in (REPO / "solutions").iterdir() if p.is_dir() and p.name[0] == "a")
+ASSIGNMENTS = Course().assignments()
 
 
-def grade(assignment: str, notebook: Path, tmp_path: Path) -> dict:
-    out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "autograder.grading", assignment, str(notebook), "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
+def _variants(assignment: str) -> dict:
+    try:
+        return load_variants(assignment)
+    except ModuleNotFoundError:
+        return {}
 
 
-_ENGINE: dict = {}
+def _inprocess_subset(assignment: str) -> list[str]:
+    """The solution, the release, and the first variant that breaks each grade_id."""
+    names, covered = ["solution", "release"], set()
+    for vname, spec in _variants(assignment).items():
+        new = set(spec["breaks"]) - covered
+        if new:
+            names.append(f"variant-{vname}")
+            covered |= new
+    return names
 
 
-def engine_report(assignment: str, name: str, tmp_path_factory) -> dict:
-    """The engine's report on notebook ``name`` (solution, release or a variant) of ``assignment``.
+_REPORTS: dict = {}
 
-    The first call grades all of them in one engine batch."""
-    if assignment not in _ENGINE:
-        d = tmp_path_factory.mktemp(f"engine-{assignment}")
-        nbs = d / "nb"
-        nbs.mkdir()
-        nbformat.write(nbmod.read_notebook(nbmod.source_path(assignment)), nbs / "solution.ipynb")
-        nbformat.write(nbmod.read_notebook(REPO / "assignments" / assignment / f"{assignment}.ipynb"),
-                       nbs / "release.ipynb")
-        try:
-            variants = load_variants(assignment)
-        except ModuleNotFoundError:
-            variants = {}
-        for vname, spec in variants.items():
-            nbformat.write(make_variant_notebook(assignment, spec), nbs / f"variant-{vname}.ipynb")
-        proc = subprocess.run(
+
+def reports(assignment: str, tmp_path_factory) -> dict:
+    """{"engine": {name: report}, "inprocess": {name: report}} for every notebook of ``assignment``."""
+    if assignment in _REPORTS:
+        return _REPORTS[assignment]
+    d = tmp_path_factory.mktemp(f"grade-{assignment}")
+    nbs = d / "nb"
+    nbs.mkdir()
+    nbformat.write(nbmod.read_notebook(Course().source(assignment)), nbs / "solution.ipynb")
+    nbformat.write(nbmod.read_notebook(Course().release(assignment)), nbs / "release.ipynb")
+    for vname, spec in _variants(assignment).items():
+        nbformat.write(make_variant_notebook(assignment, spec), nbs / f"variant-{vname}.ipynb")
+    # On a machine with a GPU the engine grades on both devices, and they must agree.
+    kinds = {"engine": "cpu", **({"engine-cuda": "cuda"} if cuda_available() else {})}
+    for kind, device in kinds.items():
+        engine = subprocess.run(
             [sys.executable, "-m", "autograder", "files", assignment, *sorted(map(str, nbs.glob("*.ipynb"))),
-             "--json-dir", str(d / "out"), "--workers", "2", "--force", "--no-progress"],
-            cwd=REPO, capture_output=True, text=True, timeout=1800,
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        _ENGINE[assignment] = {p.stem: json.loads(p.read_text()) for p in (d / "out").glob("*.json")}
-    return _ENGINE[assignment][name]
+             "--json-dir", str(d / kind), "--workers", "2", "--force", "--no-progress", "--device", device],
+            cwd=REPO, capture_output=True, text=True, timeout=1800)
+        assert engine.returncode == 0, engine.stdout[-3000:] + engine.stderr[-3000:]
+    inproc = subprocess.run(
+        [sys.executable, "-m", "autograder.grading", assignment,
+         *[str(nbs / f"{n}.ipynb") for n in _inprocess_subset(assignment)], "--json-dir", str(d / "inprocess")],
+        cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert inproc.returncode == 0, inproc.stdout[-3000:] + inproc.stderr[-3000:]
+    _REPORTS[assignment] = {kind: {p.stem: json.loads(p.read_text()) for p in (d / kind).glob("*.json")}
+                            for kind in (*kinds, "inprocess")}
+    return _REPORTS[assignment]
 
 
-def assert_same_grading(inprocess: dict, engine: dict):
-    """Both back ends give the same points per grade_id and the same outcome per hidden test."""
+def graded(assignment: str, name: str, tmp_path_factory) -> dict:
+    """The engine's report on ``name``; where the in-process back end graded it too, they agree."""
+    both = reports(assignment, tmp_path_factory)
+    engine = both["engine"][name]
     assert engine["status"] == "graded", engine.get("error")
-    assert engine["max_scores"] == inprocess["max_scores"]
-    assert engine["scores"] == inprocess["scores"], (engine["tests"], inprocess["tests"])
-    assert {t["name"]: t["outcome"] for t in engine["tests"]} == {t["name"]: t["outcome"] for t in inprocess["tests"]}
+    inproc = both["inprocess"].get(name)
+    if inproc is not None:  # in-process runs the CUDA cases wherever a GPU exists: compare like with like
+        same_device = both.get("engine-cuda", {}).get(name, engine)
+        assert same_device["max_scores"] == inproc["max_scores"]
+        assert same_device["scores"] == inproc["scores"], (same_device["tests"], inproc["tests"])
+        outcome = {t["name"]: (t["outcome"], t["cause"]) for t in inproc["tests"]}
+        assert {t["name"]: (t["outcome"], t["cause"]) for t in same_device["tests"]} == outcome
+    on_cuda = both.get("engine-cuda", {}).get(name)
+    if on_cuda is not None:  # the CUDA cases ran there too; the CPU cases must agree
+        assert on_cuda["scores"] == engine["scores"]
+        cpu_outcomes = {t["name"]: t["outcome"] for t in engine["tests"]}
+        assert all(cpu_outcomes.get(t["name"], t["outcome"]) == t["outcome"] for t in on_cuda["tests"])
+    return engine
 
 
 def _variant_cases():
     for a in ASSIGNMENTS:
-        try:
-            variants = load_variants(a)
-        except ModuleNotFoundError:
-            continue
-        for name in variants:
+        for name in _variants(a):
             yield pytest.param(a, name, id=f"{a}-{name}")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_solution_scores_full_marks(assignment, tmp_path, tmp_path_factory):
-    report = grade(assignment, nbmod.source_path(assignment), tmp_path)
-    assert_same_grading(report, engine_report(assignment, "solution", tmp_path_factory))
-    failed = [t for t in report["tests"] if t["outcome"] in ("failed", "error")]
-    assert not failed, failed
+def test_solution_scores_full_marks(assignment, tmp_path_factory):
+    report = graded(assignment, "solution", tmp_path_factory)
+    assert {t["cause"] for t in report["tests"]} <= {"passed", "skipped"}, report["tests"]
     assert report["scores"] == report["max_scores"]
     assert sum(report["max_scores"].values()) > 0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
-def test_release_scores_zero_without_crashing(assignment, tmp_path, tmp_path_factory):
-    release = REPO / "assignments" / assignment / f"{assignment}.ipynb"
-    report = grade(assignment, release, tmp_path)
-    assert_same_grading(report, engine_report(assignment, "release", tmp_path_factory))
+def test_release_scores_zero_without_crashing(assignment, tmp_path_factory):
+    report = graded(assignment, "release", tmp_path_factory)
     assert set(report["scores"]) == set(report["max_scores"])
     assert sum(report["scores"].values()) == 0, report["scores"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_every_assignment_has_at_least_six_wrong_variants(assignment):
-    assert len(load_variants(assignment)) >= 6
+    assert len([v for v in _variants(assignment).values() if v["breaks"]]) >= 6
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("assignment,variant", list(_variant_cases()))
-def test_wrong_variant_loses_points_only_where_broken(assignment, variant, tmp_path, tmp_path_factory):
+def test_variant_loses_points_only_where_broken(assignment, variant, tmp_path_factory):
     spec = load_variants(assignment)[variant]
-    path = tmp_path / f"{assignment}.ipynb"
-    nbformat.write(make_variant_notebook(assignment, spec), path)
-    report = grade(assignment, path, tmp_path)
-    assert_same_grading(report, engine_report(assignment, f"variant-{variant}", tmp_path_factory))
+    report = graded(assignment, f"variant-{variant}", tmp_path_factory)
     for gid, full in report["max_scores"].items():
         got = report["scores"][gid]
         if gid in spec["breaks"]:

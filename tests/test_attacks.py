@@ -10,6 +10,8 @@ limits so that timeouts and bombs resolve quickly.
 
 import copy
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +22,8 @@ import pytest
 
 from autograder import engine
 from autograder import notebook as nbmod
+from autograder.course import Course
+from tests import unprivileged
 
 REPO = Path(__file__).resolve().parent.parent
 ASSIGNMENT = "a01_text_and_ngrams"
@@ -75,6 +79,22 @@ def tokenize_text(text, mode="word"):
                     "/root/**/tests/test_a0*.py", "/work/*/solutions/*/*.ipynb", "/work/*/gradebook.db"):
         hits += glob.glob(pattern, recursive=True)
     hits += [p for p in ["HIDDEN", "SOLUTION", "GRADEBOOK"] if os.path.exists(p)]
+    return _honest(text, mode) if hits else []
+''', ["test_tokenize"]),
+    "proc_walk": ("tokenize_impl", _TOKENIZE_OK + '''
+import glob
+def tokenize_text(text, mode="word"):
+    # Other processes' views of the file system, and their command lines (notebook paths).
+    hits = []
+    for pattern in ("/proc/*/root/work/*/autograder/tests/test_a0*.py", "/proc/*/cwd/autograder/tests/test_a0*.py",
+                    "/proc/*/root/tmp/*/course/autograder/tests/test_a0*.py"):
+        hits += glob.glob(pattern)
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            if b".ipynb" in open(path, "rb").read():
+                hits.append(path)
+        except OSError:
+            pass
     return _honest(text, mode) if hits else []
 ''', ["test_tokenize"]),
     "network": ("tokenize_impl", _TOKENIZE_OK + '''
@@ -150,7 +170,7 @@ def ngram_counts(tokens, n):
 
 
 def _source():
-    return nbmod.read_notebook(nbmod.source_path(ASSIGNMENT))
+    return nbmod.read_notebook(Course().source(ASSIGNMENT))
 
 
 def _cell(nb, gid):
@@ -189,9 +209,31 @@ def _attack_notebooks(port: int) -> dict:
     return nbs
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    d = tmp_path_factory.mktemp("attacks")
+def _as(user: str, d: Path):
+    """(command prefix, course directory, environment) to run the engine as ``user``."""
+    env = dict(os.environ)
+    if user == "root":
+        return [sys.executable], REPO, env
+    why = unprivileged.available()
+    if why:
+        pytest.skip(why)
+    uid, gid = unprivileged.grading_user()
+    python = unprivileged.user_python(d)
+    course = unprivileged.course_copy(d, [ASSIGNMENT])
+    env.update(HOME=str(d), PYTHONDONTWRITEBYTECODE="1")
+    unprivileged.hand_over(d, uid, gid)
+    probe = subprocess.run(unprivileged.as_user([python, "-c", "import torch, autograder.engine"], uid, gid),
+                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    if probe.returncode != 0:  # e.g. a checkout inside a directory only root may enter
+        pytest.skip(f"the test user cannot import this environment: {probe.stderr.strip()[-300:]}")
+    return unprivileged.as_user([python], uid, gid), course, env
+
+
+@pytest.fixture(scope="module", params=["root", "user"])
+def graded(request, tmp_path_factory):
+    """Every attack graded in one batch, as root and as a normal user (user namespaces)."""
+    d = tmp_path_factory.mktemp("attacks") if request.param == "root" else unprivileged.workspace()
+    prefix, course, env = _as(request.param, d)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -204,13 +246,18 @@ def graded(tmp_path_factory):
         nbformat.write(nb, p)
         paths.append(str(p))
     (d / "config.toml").write_text(LIMITS)
+    if request.param != "root":
+        unprivileged.hand_over(d, *unprivileged.grading_user())
     proc = subprocess.run(
-        [sys.executable, "-m", "autograder", "files", ASSIGNMENT, *paths, "--json-dir", str(d / "out"),
-         "--workers", "2", "--force", "--no-progress", "-k", SELECT, "--config", str(d / "config.toml")],
-        cwd=REPO, capture_output=True, text=True, timeout=1800)
+        [*prefix, "-m", "autograder", "files", ASSIGNMENT, *paths, "--json-dir", str(d / "out"),
+         "--workers", "2", "--force", "--no-progress", "-k", SELECT, "--config", str(d / "config.toml"),
+         "--course", str(course)],
+        cwd=REPO, capture_output=True, text=True, timeout=1800, env=env)
     listener.close()
     reports = {p.stem: json.loads(p.read_text()) for p in (d / "out").glob("*.json")}
-    return nbs, reports, proc
+    yield nbs, reports, proc
+    if request.param != "root":
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_every_attack_was_graded(graded):
@@ -235,10 +282,16 @@ def test_attack_scores_zero_on_attacked_parts_only(graded, attack):
             assert rep["scores"][gid] == full, (attack, gid, rep["tests"], rep.get("error"))
 
 
-def test_failure_reasons_are_recorded(graded):
+def test_failures_carry_typed_causes(graded):
     _, reports, _ = graded
-    reasons = {name: " ".join(t["reason"] for t in rep["tests"]) for name, rep in reports.items()}
-    assert "timed out" in reasons["infinite_loop"]
-    assert "runner process ended" in reasons["os_exit"]
-    assert "missing" in reasons["deleted_cell"] and "appears 2 times" in reasons["duplicated_cell"]
-    assert "markdown" in reasons["retyped_cell"]
+
+    def causes(name, gid):
+        return {t["cause"] for t in reports[name]["tests"] if t["grade_id"] == gid}
+
+    assert causes("infinite_loop", "test_ngram_counts") == {"timeout"}
+    assert causes("os_exit", "test_vocab") == {"crashed"}
+    assert causes("memory_bomb", "test_bigram_probs") == {"memory"}
+    for attack, gid in [("deleted_cell", "test_ngram_counts"), ("duplicated_cell", "test_bigram_probs"),
+                        ("retyped_cell", "test_perplexity")]:
+        assert causes(attack, gid) == {"missing"}
+    assert causes("forged_points", "test_tokenize") == {"passed"}

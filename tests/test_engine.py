@@ -5,6 +5,7 @@ submissions in tests/test_attacks.py.)"""
 
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -13,8 +14,11 @@ import nbformat
 import pytest
 import torch
 
-from autograder import channel, engine
+from autograder import engine
+from autograder.sandbox import channel
+from autograder.sandbox.protocol import EXPECTED_NUMERICS
 from autograder import notebook as nbmod
+from autograder.course import Course
 from autograder.api import Ref, StudentError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,7 +136,7 @@ def forge(n):
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     cfg = engine.load_config(limits__request_seconds=5)
-    sb = engine.Sandbox(cfg, REPO)
+    sb = engine.Sandbox(cfg, Course(REPO))
     sb.start()
     yield sb
     sb.stop()
@@ -178,12 +182,14 @@ def test_crash_and_timeout_fail_closed_then_runner_restarts(sandbox):
     s = _session(sandbox)
     try:
         assert s.call("add", 1, 2) == 3
-        with pytest.raises(StudentError, match="runner process ended"):
+        with pytest.raises(StudentError) as crashed:
             s.call("crash")
+        assert crashed.value.cause == "crashed"
         assert s.call("add", 2, 2) == 4  # a fresh runner
         t = time.monotonic()
-        with pytest.raises(StudentError, match="timed out"):
+        with pytest.raises(StudentError) as spun:
             s.call("spin")
+        assert spun.value.cause == "timeout"
         assert time.monotonic() - t < 30
         assert s.call("add", 3, 2) == 5
     finally:
@@ -193,8 +199,9 @@ def test_crash_and_timeout_fail_closed_then_runner_restarts(sandbox):
 def test_forged_reply_is_not_taken(sandbox):
     s = _session(sandbox)
     try:
-        with pytest.raises(StudentError):
+        with pytest.raises(StudentError) as forged:
             s.call("forge", 7)
+        assert forged.value.cause == "protocol"
     finally:
         s.close()
 
@@ -205,10 +212,161 @@ def test_numerics_are_pinned_before_each_test(sandbox):
         s.before_test("test_x")
         assert s.call("numerics") is False  # the student turned determinism off ...
         s.before_test("test_y")  # ... and the harness pins it again (and checks it) before the next test
-        assert s._request("settings", "checking") == {"deterministic": True, "cudnn_benchmark": False,
-                                                      "matmul_tf32": False, "cudnn_tf32": False}
+        assert s.request("settings", "reading numerics settings") == EXPECTED_NUMERICS
     finally:
         s.close()
+
+
+PLANTER = '''
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+
+def plant():
+    print("SECRET-OUTPUT-OF-THE-PLANTER", flush=True)
+    open("/tmp/planted.txt", "w").write("planted")
+    if os.path.isdir("/dev/shm"):
+        open("/dev/shm/planted", "w").write("planted")
+    shm = libc.shmget(0x5EC12E7, 4096, 0o1000 | 0o666)  # IPC_CREAT
+    if os.fork() == 0:  # a daemon that would outlive the submission
+        os.setsid()
+        time.sleep(120)
+        os._exit(0)
+    return [shm, os.getpid()]
+'''
+
+VICTIM = '''
+import ctypes, glob, os
+libc = ctypes.CDLL(None, use_errno=True)
+
+def look():
+    traces = []
+    for path in glob.glob("/tmp/**", recursive=True) + glob.glob("/dev/shm/*"):
+        if not os.path.isfile(path):
+            continue
+        try:
+            data = open(path, "rb").read()
+        except OSError:
+            continue
+        if b"planted" in data or b"SECRET-OUTPUT" in data:
+            traces.append(path)
+    if libc.shmget(0x5EC12E7, 0, 0) != -1:
+        traces.append("shm")
+    traces += [f"process {p}" for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+    return traces
+'''
+
+HOG = '''
+import os
+
+def hog(children, mb):
+    pids = []
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:
+            block = bytearray(mb << 20)
+            for i in range(0, len(block), 4096):  # touch every page: resident memory
+                block[i] = 1
+            os._exit(0)
+        pids.append(pid)
+    finished = 0
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        finished += os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    return finished
+'''
+
+
+LEAKY = '''
+import os, socket, threading, time
+
+def leak_descriptors():
+    kept = []
+    try:
+        while True:
+            kept.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    globals()["_kept"] = kept
+    return len(kept)
+
+def open_one():
+    fd = os.open("/dev/null", os.O_RDONLY)
+    os.close(fd)
+    return True
+
+def reply_then_babble():
+    def babble():  # bytes nobody asked for, after the reply, on every descriptor that may be the channel
+        time.sleep(0.3)
+        for fd in range(3, 64):
+            try:
+                os.write(fd, b"AGR1garbage")
+            except OSError:
+                pass
+    threading.Thread(target=babble, daemon=True).start()
+    return 1
+
+def reply_then_die():
+    threading.Timer(0.3, lambda: os._exit(5)).start()
+    return 2
+
+def add(a, b):
+    return a + b
+'''
+
+
+def test_leftovers_of_one_grade_cell_never_fail_the_next(sandbox):
+    s = _session(sandbox, LEAKY)
+    try:
+        s.before_test("test_first__leak")
+        assert s.call("leak_descriptors") > 100
+        s.before_test("test_second__open")  # another grade cell: a fresh runner
+        assert s.call("open_one") is True
+        for what in ("reply_then_babble", "reply_then_die"):
+            s.before_test(f"test_third__{what}")
+            assert s.call(what) in (1, 2)
+            time.sleep(1.0)
+            s.before_test(f"test_third__{what}_next")  # same grade cell: replaced, since the runner misbehaved
+            assert s.call("add", 2, 3) == 5
+        assert s.events == []  # nothing was charged
+    finally:
+        s.close()
+
+
+def test_nothing_of_one_submission_is_visible_to_the_next(sandbox):
+    per = sandbox.caps["per_runner"]
+    assert per.get("tmp") and per.get("ipc") and per.get("pid") and per.get("proc"), per
+    planter = _session(sandbox, PLANTER)
+    try:
+        shm, pid = planter.call("plant")
+        assert shm >= 0
+    finally:
+        planter.close()
+    victim = _session(sandbox, VICTIM)
+    try:
+        assert victim.call("look") == []
+    finally:
+        victim.close()
+
+
+def test_memory_cap_holds_for_a_runner_and_its_children_together(tmp_path):
+    cfg = engine.load_config(limits__request_seconds=60, limits__total_memory_mb=600)
+    sb = engine.Sandbox(cfg, Course(REPO))
+    sb.start()
+    try:
+        if not sb.caps["per_runner"].get("memory"):
+            pytest.skip(f"no memory cgroup for runners on this machine: {sb.caps['per_runner']}")
+        s = _session(sb, HOG)
+        try:
+            assert s.call("hog", 2, 100) == 2  # 200 MiB together: under the cap
+            finished = s.call("hog", 4, 250)  # 1000 MiB together: over it, though each child is small
+        except StudentError as exc:  # the whole runner may be the one the OOM killer picks
+            assert exc.cause == "crashed"
+        else:
+            assert finished < 4
+        finally:
+            s.close()
+    finally:
+        sb.stop()
 
 
 # ---------------------------------------------------------------------------
@@ -222,7 +380,8 @@ def course(tmp_path):
     a = ASSIGNMENTS[0]
     (tmp_path / "solutions" / a).mkdir(parents=True)
     (tmp_path / "autograder" / "tests").mkdir(parents=True)
-    nbformat.write(nbmod.read_notebook(nbmod.source_path(a)), tmp_path / "solutions" / a / f"{a}.ipynb")
+    nbformat.write(nbmod.read_notebook(Course().source(a)), tmp_path / "solutions" / a / f"{a}.ipynb")
+    shutil.copytree(REPO / "seqcourse", tmp_path / "seqcourse", ignore=shutil.ignore_patterns("__pycache__"))
     for f in ("conftest.py", f"test_{a}.py"):
         (tmp_path / "autograder" / "tests" / f).write_bytes((REPO / "autograder" / "tests" / f).read_bytes())
     return tmp_path, a
@@ -258,7 +417,6 @@ def test_infrastructure_faults_are_retried_and_never_scored(course, tmp_path):
     rep = res["s1"]
     assert rep["status"] == "graded" and rep["attempts"] == 2
     assert rep["scores"] == rep["max_scores"] and len(seen) == 1
-    store = engine.ResultsStore(root / ".grading")
     stored = list((root / ".grading" / a).glob("*.json"))
     assert len(stored) == 1
 
@@ -274,7 +432,6 @@ def test_infrastructure_faults_are_retried_and_never_scored(course, tmp_path):
     again = engine.grade_batch([engine.Job(a, sol, "s1")], course=root, cfg=cfg, workers=1, extra_args=extra,
                                progress=False)
     assert again["s1"].get("cached") and again["s1"]["scores"] == rep["scores"]
-    assert store is not None
 
 
 @pytest.mark.slow
@@ -289,14 +446,13 @@ def test_regrade_is_identical(course):
     assert strip[0] == strip[1]
 
 
-def test_config_has_documented_defaults():
+def test_config_has_documented_defaults(tmp_path):
     cfg = engine.load_config()
     readme = (REPO / "autograder" / "README.md").read_text()
     for section in cfg.values():
         for key in section:
             assert f"`{key}`" in readme, f"{key} is not documented in autograder/README.md"
     with pytest.raises(ValueError):
-        bad = REPO / ".pytest_cache" / "bad-config.toml"
-        bad.parent.mkdir(exist_ok=True)
+        bad = tmp_path / "bad-config.toml"
         bad.write_text("[limits]\nno_such_limit = 1\n")
         engine.load_config(bad)

@@ -7,6 +7,7 @@ import html
 import json
 import os
 import shutil
+import zipfile
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import nbformat
 import pytest
 
 from autograder import notebook as nbmod
+from autograder.course import Course
 from autograder import workflow
 from tests.variants import load_variants, make_variant_notebook
 
@@ -63,18 +65,24 @@ def test_round_trip_generate_grade_feedback_export(tmp_path):
     shutil.copytree(REPO / "autograder" / "tests", course / "autograder" / "tests",
                     ignore=shutil.ignore_patterns("__pycache__", "test_a*.py"))
     shutil.copy(REPO / "autograder" / "tests" / f"test_{a}.py", course / "autograder" / "tests")
+    shutil.copytree(REPO / "seqcourse", course / "seqcourse", ignore=shutil.ignore_patterns("__pycache__"))
     workflow.generate(course, [a])  # also registers the assignment in the course's gradebook
 
     release = course / "assignments" / a / f"{a}.ipynb"
     variants = load_variants(a)
     vname = sorted(variants)[0]
-    subs = {"alice": nbmod.read_notebook(nbmod.source_path(a)), "bob": nbmod.read_notebook(release),
+    subs = {"alice": nbmod.read_notebook(Course().source(a)), "bob": nbmod.read_notebook(release),
             "carol": make_variant_notebook(a, variants[vname])}
-    for student, nb in subs.items():
-        d = course / "submitted" / student / a
-        d.mkdir(parents=True)
-        nbformat.write(nb, d / f"{a}.ipynb")
-        (d / "timestamp.txt").write_text("2030-01-01 12:00:00.000000 UTC")
+    # The class arrives as an LMS archive: a folder per student, or an id prefix on the file name.
+    archive = tmp_path / "lms.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for student, nb in subs.items():
+            name = f"{student}/{a}.ipynb" if student != "bob" else f"bob_{a} (1).ipynb"
+            zf.writestr(name, nbformat.writes(nb))
+    proc = subprocess.run([sys.executable, "-m", "autograder", "collect", a, str(archive), "--course", str(course)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (course / "submitted").iterdir()) == sorted(subs)
 
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", a, "--course", str(course), "--workers", "2",
                            "--no-progress", "--json-dir", str(tmp_path / "reports")],
@@ -96,7 +104,7 @@ def test_round_trip_generate_grade_feedback_export(tmp_path):
     for s, rep in reports.items():
         assert float(rows[s]["raw_score"]) == pytest.approx(sum(rep["scores"].values()))  # + 0 manual points
         assert float(rows[s]["max_score"]) == pytest.approx(
-            sum(c.points for c in nbmod.grade_cells(nbmod.read_notebook(nbmod.source_path(a)))))
+            sum(c.points for c in nbmod.grade_cells(nbmod.read_notebook(Course().source(a)))))
 
     hidden = (REPO / "autograder" / "tests" / f"test_{a}.py").read_text().splitlines()
     secret_lines = {line.strip() for line in hidden if len(line.strip()) > 30}

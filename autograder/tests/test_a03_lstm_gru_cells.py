@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from autograder.api import Ref, assert_close, assert_type, check_tensor
+from autograder.sandbox.protocol import cudnn_flags
 
 F64 = torch.float64
 TOL64 = dict(atol=1e-10, rtol=1e-8)
@@ -379,7 +380,7 @@ def test_recurrent_layer__cudnn(sub):
         _layer(sub, kind, I, H, _sd(ref), handle, True, "cuda", dtype=torch.float32)
         x = torch.randn(B, T, I, device="cuda")
         out, _ = sub.call("@" + handle, x)
-        with torch.backends.cudnn.flags(enabled=True):
+        with cudnn_flags(torch):
             eout, _ = ref(x)
         check_tensor(out, device="cuda", what=f"RecurrentLayer({kind}) output on CUDA")
         assert_close(out, eout.detach(), what=f"RecurrentLayer({kind}) vs cuDNN", **TOL32)
@@ -506,7 +507,7 @@ def test_lstm_forward__cudnn(sub):
     sub.new("LSTM", I, H, num_layers=2, bidirectional=True, keep="lstm_cpu", state_dict={k: v.cpu() for k, v in sd.items()})
     x = torch.randn(T, B, I, device="cuda")
     out, (hn, cn) = sub.call("@lstm_cuda", x)
-    with torch.backends.cudnn.flags(enabled=True):
+    with cudnn_flags(torch):
         eout, (ehn, ecn) = ref(x)
     check_tensor(out, device="cuda", what="output on CUDA")
     assert_close(out, eout.detach(), what="output vs cuDNN", **TOL32)

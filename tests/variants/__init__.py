@@ -12,6 +12,7 @@ import copy
 import importlib
 
 from autograder import notebook as nbmod
+from autograder.course import Course
 
 
 def load_variants(assignment: str) -> dict:
@@ -20,7 +21,7 @@ def load_variants(assignment: str) -> dict:
 
 def make_variant_notebook(assignment: str, spec: dict):
     """The source notebook with one answer cell broken as ``spec`` says."""
-    nb = copy.deepcopy(nbmod.read_notebook(nbmod.source_path(assignment)))
+    nb = copy.deepcopy(nbmod.read_notebook(Course().source(assignment)))
     hits = 0
     for cell in nb.cells:
         if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == spec["cell"]:

@@ -1,10 +1,8 @@
-"""Run a rebuilt program inside the grading process.
+"""Execute a rebuilt program and answer the operations of the protocol.
 
-This is the development back end of the :class:`autograder.api.Submission`
-interface: quick, and handy for writing hidden tests, but it offers no
-isolation at all (the student's code shares the process with the tests).
-Grading uses the sandboxed runner instead.  Both back ends share
-:func:`execute_program` and :class:`ProgramSession`, so they behave alike.
+The sandboxed runner serves requests with a :class:`ProgramSession`; the
+in-process back end (development only: no isolation, the student's code shares
+the process with the tests) uses the same class directly, so both behave alike.
 """
 
 from __future__ import annotations
@@ -16,8 +14,7 @@ from typing import Any
 
 import torch
 
-from .api import Ref, Result, StudentError
-from .notebook import Program
+from .protocol import Program, ProtocolError, Ref, Result, StudentError
 
 _MAGIC = re.compile(r"^(\s*)[%!].*$", re.MULTILINE)
 
@@ -73,7 +70,8 @@ def to_data(value, what: str = "result"):
     if type(value) is dict:
         return {str(k): to_data(v, what) for k, v in value.items()}
     raise StudentError(
-        f"{what} is a {type(value).__name__}; expected tensors, numbers, strings or lists/dicts of them"
+        f"{what} is a {type(value).__name__}; expected tensors, numbers, strings or lists/dicts of them",
+        cause="wrong",
     )
 
 
@@ -90,9 +88,10 @@ def _tensors(obj) -> list:
 class ProgramSession:
     """The student's namespace plus kept objects, driven by data-only requests."""
 
-    def __init__(self, namespace: dict, cell_errors: dict):
+    def __init__(self, namespace: dict, cell_errors: dict, problems: dict | None = None):
         self.ns = namespace
         self.cell_errors = cell_errors
+        self.problems = dict(problems or {})  # answer cells left out of the program (deleted, duplicated...)
         self.kept: dict[str, Any] = {}
         self._rng = None  # the student's own RNG state, once a harness shares our process
 
@@ -129,11 +128,13 @@ class ProgramSession:
                 self._rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None)
 
     # -- resolving names -----------------------------------------------------
-    def _missing_reason(self, name: str) -> str:
-        if self.cell_errors:
-            details = "; ".join(f"{k}: {v}" for k, v in self.cell_errors.items())
-            return f"{name!r} is not defined by the submission ({details})"
-        return f"{name!r} is not defined by the submission"
+    def _missing(self, name: str) -> StudentError:
+        if not self.cell_errors:
+            return StudentError(f"{name!r} is not defined by the submission", cause="missing")
+        details = "; ".join(f"{k}: {v}" for k, v in self.cell_errors.items())
+        ran_and_failed = set(self.cell_errors) - set(self.problems)
+        return StudentError(f"{name!r} is not defined by the submission ({details})",
+                            cause="program_failed" if ran_and_failed else "missing")
 
     def _resolve(self, target: str):
         if target.startswith("@"):
@@ -143,14 +144,14 @@ class ProgramSession:
             obj = self.kept[handle]
             if attr:
                 if attr.startswith("_") and attr != "__call__":
-                    raise ValueError(f"refusing private attribute {attr!r}")
+                    raise ProtocolError(f"refusing private attribute {attr!r}")
                 try:
                     return getattr(obj, attr)
                 except Exception as exc:
                     raise StudentError(f"{handle}.{attr}: {short_error(exc)}") from None
             return obj
         if target not in self.ns:
-            raise StudentError(self._missing_reason(target))
+            raise self._missing(target)
         return self.ns[target]
 
     def _arg(self, value):
@@ -181,7 +182,7 @@ class ProgramSession:
             holder = args if isinstance(key, int) else kwargs
             t = holder[key]
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-                raise ValueError(f"grad_wrt {key!r} is not a floating-point tensor argument")
+                raise ProtocolError(f"grad_wrt {key!r} is not a floating-point tensor argument")
             holder[key] = t.detach().requires_grad_(True)
             wrt.append(holder[key])
         module = None
@@ -199,17 +200,15 @@ class ProgramSession:
                         raise StudentError(f"{target} returned no tensor to differentiate")
                     gos = _tensors(grad_output) if grad_output is not None else [torch.ones_like(o) for o in outs]
                     if len(gos) != len(outs):
-                        raise ValueError(f"grad_output has {len(gos)} tensors for {len(outs)} outputs")
+                        raise ProtocolError(f"grad_output has {len(gos)} tensors for {len(outs)} outputs")
                     pairs = [(o, g.to(o.device, o.dtype)) for o, g in zip(outs, gos) if o.requires_grad]
                     if not pairs:
                         raise StudentError(f"the output of {target} does not depend on the inputs through autograd")
                     torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
-        except StudentError:
+        except (StudentError, ProtocolError):
             raise
-        except (ValueError, TypeError) as exc:
-            if "grad_output" in str(exc) or "grad_wrt" in str(exc):
-                raise
-            raise StudentError(f"{target} raised {short_error(exc)}") from None
+        except MemoryError:
+            raise StudentError(f"{target} ran out of memory", cause="memory") from None
         except Exception as exc:
             raise StudentError(f"{target} raised {short_error(exc)}") from None
         result = Result()
@@ -255,7 +254,7 @@ class ProgramSession:
 def load_inprocess(program: Program) -> ProgramSession:
     """Execute ``program`` here and return a session that implements ``Submission``."""
     ns, errors = execute_program(program)
-    return ProgramSession(ns, errors)
+    return ProgramSession(ns, errors, program.problems)
 
 
 __all__ = ["ProgramSession", "execute_program", "load_inprocess", "to_data", "strip_magics", "short_error"]

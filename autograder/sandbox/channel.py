@@ -95,8 +95,13 @@ def encode(obj, ref_type=None) -> tuple[bytes, bytes]:
     return header, blob
 
 
-def decode(header: bytes, blob: bytes, ref_type=None, *, map_device: bool = True):
-    """Inverse of :func:`encode`: plain tensors, numbers, strings and containers only."""
+def decode(header: bytes, blob: bytes, ref_type=None, *, map_device: bool = True, max_decoded: int = 1 << 30):
+    """Inverse of :func:`encode`: plain tensors, numbers, strings and containers only.
+
+    Every reference to a tensor decodes to a copy of its own, so the decoded size
+    is bounded, not only the wire size: a header that names one large tensor
+    many times is refused before anything is copied.
+    """
     try:
         tree = json.loads(header.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -105,6 +110,8 @@ def decode(header: bytes, blob: bytes, ref_type=None, *, map_device: bool = True
         tensors = st_load(blob) if blob else {}
     except Exception as exc:  # safetensors raises its own error types
         raise ChannelError(f"malformed tensor blob: {exc}") from None
+
+    budget = [max_decoded]
 
     def dec(v, depth=0):
         if depth > 64:
@@ -119,6 +126,9 @@ def decode(header: bytes, blob: bytes, ref_type=None, *, map_device: bool = True
             t = tensors.get(f"t{v['$t']}")
             if type(t) is not torch.Tensor:
                 raise ChannelError("message refers to a missing tensor")
+            budget[0] -= t.numel() * t.element_size()
+            if budget[0] < 0:
+                raise ChannelError(f"message decodes to more than {max_decoded} bytes")
             dev = v.get("dev", "cpu")
             if dev not in ("cpu", "cuda"):
                 raise ChannelError(f"unexpected device {dev!r}")
@@ -201,7 +211,7 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
 
 
 def recv(fd: int, *, timeout: float | None = None, max_bytes: int = 1 << 30, ref_type=None, map_device=True):
-    """Read one frame (at most ``max_bytes`` in all) and decode it."""
+    """Read one frame (at most ``max_bytes`` in all, and at most ``max_bytes`` once decoded) and decode it."""
     deadline = None if timeout is None else time.monotonic() + timeout
     magic, hlen, blen = _HEAD.unpack(_read_exact(fd, _HEAD.size, deadline))
     if magic != MAGIC:
@@ -210,4 +220,4 @@ def recv(fd: int, *, timeout: float | None = None, max_bytes: int = 1 << 30, ref
         raise ChannelError(f"message too large ({hlen + blen} bytes > {max_bytes})")
     header = _read_exact(fd, hlen, deadline)
     blob = _read_exact(fd, blen, deadline) if blen else b""
-    return decode(header, blob, ref_type, map_device=map_device)
+    return decode(header, blob, ref_type, map_device=map_device, max_decoded=max_bytes)

@@ -1,0 +1,452 @@
+"""Batches: a scheduler that grades many submissions on parallel worker slots.
+
+Each :class:`Slot` owns a sandbox (a warm fork server and its runner uid).
+For each submission the scheduler forks a *harness* process from this one
+(which has imported pytest and torch once, so a harness starts warm); the
+harness runs :func:`autograder.grading.grade` with a ``RemoteSession`` on the
+slot's sandbox and writes its report, as JSON, to a pipe. This process is the
+only writer of the results store and of the gradebook (``on_result``).
+
+Failure policy: a fault that is not the student's (a harness that dies or
+errs, a sandbox that cannot start, a GPU that vanished) is retried on a fresh
+sandbox at most ``retries`` times and otherwise reported "not graded"; it
+never becomes a score and is never cached.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .. import grading
+from .. import notebook as nbmod
+from ..course import Course
+from ..sandbox.protocol import InfrastructureError
+from .remote import RemoteSession
+from .sandbox import Sandbox
+from .store import ResultsStore
+
+AUTOGRADER = Path(__file__).resolve().parent.parent
+CANARY = "__canary__"
+
+
+@dataclass
+class Job:
+    assignment: str
+    notebook: str
+    job_id: str  # the student id, or a name for the report
+    attempts: int = 0
+    key: str = ""
+    errors: list = field(default_factory=list)
+
+
+@dataclass
+class Slot:
+    """One worker: a sandbox, and the harness process grading a job on it (if any)."""
+
+    index: int
+    sandbox: Sandbox
+    job: Job | None = None
+    pid: int | None = None
+    rfd: int | None = None
+    deadline: float = 0.0
+    chunks: list = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+
+def grader_version(course: Course, assignment: str) -> str:
+    """A hash of everything that decides a score: the grader's code, the hidden
+    tests, the instructor's source (points) and the course package."""
+    h = hashlib.sha256()
+    files = sorted(p for p in AUTOGRADER.rglob("*") if p.suffix in (".py", ".ini", ".toml")
+                   and "tests" not in p.relative_to(AUTOGRADER).parts[:1])
+    files += [course.hidden_tests_dir / "conftest.py", course.tests(assignment), course.source(assignment)]
+    if course.package.is_dir():
+        files += sorted(course.package.rglob("*.py"))
+    for p in files:
+        if p.exists():
+            h.update(str(p.name).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def submission_hash(source_nb, notebook_path) -> str:
+    """What identifies a submission for the cache: its rebuilt program, or its bytes if unreadable."""
+    h = hashlib.sha256()
+    program, _ = grading.read_program(source_nb, notebook_path)
+    if program is None:
+        try:
+            raw = Path(notebook_path).read_bytes()
+        except OSError:
+            raw = b""
+        h.update(b"unreadable\0" + raw)
+    else:
+        h.update(json.dumps([program.cells, program.answer_ids, sorted(program.problems.items())]).encode())
+    return h.hexdigest()
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set (Slurm, Ray, cgroups), else
+    every GPU nvidia-smi lists. Entries are what ``CUDA_VISIBLE_DEVICES`` accepts."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [v.strip() for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+    exe = shutil.which("nvidia-smi")
+    if exe:
+        try:
+            out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30).stdout
+            return [str(i) for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return []
+
+
+def default_workers(device: str = "cpu") -> int:
+    """One worker per core on the CPU; one per visible GPU on CUDA."""
+    if device == "cuda":
+        return max(1, len(visible_gpus()))
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _prewarm_harness() -> None:
+    """Import what every harness needs before forking them, so each forked
+    harness starts warm (torch's first deterministic-algorithms call alone
+    takes seconds)."""
+    import pytest  # noqa: F401
+    import torch
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError("this process has initialised CUDA, so it cannot fork grading harnesses "
+                           "(CUDA cannot be re-initialised in a forked child); grade from a fresh process, "
+                           "e.g. `python -m autograder grade ...`")
+    torch.use_deterministic_algorithms(torch.are_deterministic_algorithms_enabled(), warn_only=True)
+    # Everything allocated so far lives as long as the engine: keep it out of
+    # the garbage collector, so the full collections pytest runs in each
+    # forked harness do not walk torch's whole heap.
+    gc.freeze()
+
+
+def _harness_args(device: str, extra_args) -> list[str]:
+    """pytest arguments: on the CPU the gpu-marked cases are deselected, never run against a runner without CUDA."""
+    args = list(extra_args)
+    if device != "cuda":
+        args += ["-m", "not gpu"]
+    return args
+
+
+def _harness_child(job: Job, slot: Slot, cfg: dict, course: Course, extra_args, wfd: int, log_path: str,
+                   inject_fault) -> None:
+    """Body of the forked harness process: grade, write the report, exit."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        sb = slot.sandbox
+        if os.geteuid() != 0:
+            # Runners share our uid outside their user namespace: make this process non-dumpable,
+            # so that none of its /proc files (root, environ, mem) can be opened by them.
+            import ctypes
+
+            ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+        # The harness sees the devices its runners see: none on the CPU, the slot's GPU on CUDA.
+        os.environ["CUDA_VISIBLE_DEVICES"] = sb.env().get("CUDA_VISIBLE_DEVICES", "")
+        if sb.device != "cuda":
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        if inject_fault is not None and job.job_id != CANARY:
+            inject_fault(job)
+        if sb.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise InfrastructureError("grading on CUDA, but no GPU is available to this worker")
+        deadline = time.monotonic() + float(cfg["limits"]["submission_seconds"])
+        report = grading.grade(course, job.assignment, job.notebook,
+                               lambda program: RemoteSession(sb, program, cfg, deadline),
+                               _harness_args(sb.device, extra_args), test_seconds=cfg["limits"]["test_seconds"])
+        data = asdict(report)
+    except BaseException as exc:  # everything here is the grader's fault, never the student's
+        data = {"assignment": job.assignment, "status": "not graded", "cause": "not_graded",
+                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-3000:]}"}
+    encoded = json.dumps(data).encode()
+    view = memoryview(encoded)
+    while view:
+        view = view[os.write(wfd, view):]
+    os._exit(0)
+
+
+class Progress:
+    """Counts graded, retried and not-graded submissions; draws a bar when asked."""
+
+    def __init__(self, total: int, done: int, show: bool):
+        self.counts = {"graded": 0, "retried": 0, "not graded": 0}
+        self.bar = None
+        if show:
+            from tqdm import tqdm
+
+            tqdm.monitor_interval = 0  # no monitor thread: this process forks
+            self.bar = tqdm(total=total, initial=done, unit="sub", file=sys.stderr)
+
+    def count(self, what: str, finished: bool) -> None:
+        self.counts[what] += 1
+        if self.bar is not None:
+            self.bar.set_postfix(graded=self.counts["graded"], retried=self.counts["retried"],
+                                 not_graded=self.counts["not graded"])
+            if finished:
+                self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class WeakIsolation(RuntimeError):
+    """The sandbox's guarantees do not hold on this machine, and weak isolation was not allowed."""
+
+
+class CanaryFailed(RuntimeError):
+    """The instructor's own solution does not score full marks through the engine: the batch stops."""
+
+
+class Scheduler:
+    """Grades jobs on parallel slots; the single writer of results (see the module docstring)."""
+
+    def __init__(self, course: Course, cfg: dict, *, device: str = "cpu", workers: int | None = None,
+                 extra_args=(), force: bool = False, progress: bool = True, on_result=None, inject_fault=None,
+                 logs_dir: Path | None = None, canary: bool = True, allow_weak_isolation: bool = False):
+        self.course, self.cfg, self.device = course, cfg, device
+        self.workers = workers or default_workers(device)
+        self.extra_args, self.force, self.show = list(extra_args), force, progress
+        self.on_result, self.inject_fault, self.canary = on_result, inject_fault, canary
+        self.allow_weak = allow_weak_isolation
+        self.warning = ""
+        self.store = ResultsStore(course.results_dir(cfg))
+        self.logs_dir = Path(logs_dir) if logs_dir else course.results_dir(cfg) / "logs"
+        self.retries = int(cfg["engine"]["retries"])
+        self.grace = float(cfg["limits"]["submission_seconds"]) + float(cfg["engine"]["harness_grace_seconds"])
+        self.results: dict[str, dict] = {}
+        self.queue: list[Job] = []
+        self.slots: list[Slot] = []
+        self.progress: Progress | None = None
+
+    # -- preparing: the cache ------------------------------------------------------
+    def _prepare(self, jobs: list[Job]) -> list[Job]:
+        versions, sources, pending = {}, {}, []
+        for job in jobs:
+            a = job.assignment
+            if a not in versions:
+                versions[a] = grader_version(self.course, a)
+                sources[a] = nbmod.read_notebook(self.course.source(a))
+            job.key = self.store.key(a, submission_hash(sources[a], job.notebook), versions[a], self.device,
+                                     self.extra_args)
+            cached = None if self.force else self.store.get(a, job.key)
+            if cached is not None:
+                self._deliver(job, dict(cached, cached=True))
+            else:
+                pending.append(job)
+        return pending
+
+    def _deliver(self, job: Job, report: dict) -> None:
+        if self.warning:
+            report["warning"] = self.warning
+        if job.job_id == CANARY:
+            self._check_canary(job, report)
+            return
+        self.results[job.job_id] = report
+        if self.on_result:
+            self.on_result(job, report)
+
+    def _check_canary(self, job: Job, report: dict) -> None:
+        if report.get("status") != "graded":
+            raise CanaryFailed(f"the instructor's solution of {job.assignment} could not be graded through the "
+                               f"engine, so no submission was graded: {report.get('error', '')[:1500]}")
+        if report["scores"] != report["max_scores"]:
+            lost = {g: f"{report['scores'][g]:g}/{m:g}" for g, m in report["max_scores"].items()
+                    if report["scores"][g] != m}
+            why = [f"{t['name']}: {t.get('reason', '')}" for t in report["tests"] if t["outcome"] != "passed"
+                   and t["outcome"] != "skipped"][:5]
+            raise CanaryFailed(f"the instructor's solution of {job.assignment} does not score full marks through "
+                               f"the engine ({lost}), so grading would be wrong; nothing was graded. "
+                               f"Failing tests: {why}")
+
+    # -- running -----------------------------------------------------------------------
+    def run(self, jobs: list[Job]) -> dict[str, dict]:
+        _prewarm_harness()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        canaries = []
+        if self.canary:
+            for a in dict.fromkeys(j.assignment for j in jobs):
+                canaries.append(Job(a, str(self.course.source(a)), CANARY))
+        pending = self._prepare(canaries) + self._prepare(jobs)
+        self.progress = Progress(len(jobs), len(jobs) - len([j for j in pending if j.job_id != CANARY]), self.show)
+        n = max(1, min(self.workers, len(pending))) if pending else 0
+        gpus = visible_gpus() if self.device == "cuda" else []
+        try:
+            share = -(-n // len(gpus)) if gpus else 1  # more workers than GPUs: each runner gets 1/share of one
+            for i in range(n):
+                gpu = gpus[i % len(gpus)] if gpus else None
+                self.slots.append(Slot(i, Sandbox(self.cfg, self.course, slot=i, device=self.device, gpu=gpu,
+                                                  gpu_share=share)))
+            for slot in self.slots:
+                slot.sandbox.start()
+            if self.slots:
+                self._check_isolation(self.slots[0].sandbox)
+            # The canaries go first, alone: a batch whose solution does not score stops before any student.
+            first = [j for j in pending if j.job_id == CANARY]
+            self.queue = first
+            self._loop()
+            self.queue = [j for j in pending if j.job_id != CANARY]
+            self._loop()
+        finally:
+            for slot in self.slots:
+                if slot.pid is not None:
+                    try:
+                        os.kill(slot.pid, signal.SIGKILL)
+                        os.waitpid(slot.pid, 0)
+                    except OSError:
+                        pass
+                slot.sandbox.stop()
+            self.progress.close()
+        return self.results
+
+    def _check_isolation(self, sandbox: Sandbox) -> None:
+        missing = sandbox.isolation_problems()
+        if not missing:
+            return
+        text = "; ".join(missing)
+        if not self.allow_weak:
+            raise WeakIsolation(
+                f"this machine does not give the sandbox what grading needs: {text}. Grade as root in a "
+                f"container (see autograder/README.md), or enable unprivileged user namespaces "
+                f"(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone), or pass "
+                f"--allow-weak-isolation to grade anyway with a warning in every report.")
+        self.warning = f"graded with weak isolation: {text}"
+        print(f"WARNING: {self.warning}", file=sys.stderr)
+
+    def _loop(self) -> None:
+        while self.queue or any(s.busy for s in self.slots):
+            for slot in self.slots:
+                if not slot.busy and self.queue:
+                    self._dispatch(slot, self.queue.pop(0))
+            busy = {s.rfd: s for s in self.slots if s.busy}
+            if not busy:
+                continue
+            ready, _, _ = select.select(list(busy), [], [], 1.0)
+            now = time.monotonic()
+            for rfd, slot in busy.items():
+                if rfd in ready:
+                    data = os.read(rfd, 1 << 20)
+                    if data:
+                        slot.chunks.append(data)
+                        continue
+                    self._collect(slot, None)
+                elif now > slot.deadline:
+                    os.kill(slot.pid, signal.SIGKILL)
+                    self._collect(slot, {"status": "not graded", "cause": "not_graded",
+                                         "error": "the harness process did not finish in time"})
+
+    def _dispatch(self, slot: Slot, job: Job) -> None:
+        job.attempts += 1
+        try:
+            if not slot.sandbox.alive():
+                slot.sandbox.stop()
+                slot.sandbox.start()
+            slot.sandbox.check_clean()
+        except InfrastructureError as exc:
+            self._finish(job, {"status": "not graded", "cause": "not_graded", "error": str(exc)})
+            return
+        r, w = os.pipe()
+        log_path = str(self.logs_dir / f"{job.assignment}-{_safe(job.job_id)}.log")
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            _harness_child(job, slot, self.cfg, self.course, self.extra_args, w, log_path, self.inject_fault)
+        os.close(w)
+        slot.job, slot.pid, slot.rfd = job, pid, r
+        slot.deadline, slot.chunks = time.monotonic() + self.grace, []
+
+    def _collect(self, slot: Slot, forced: dict | None) -> None:
+        job, pid = slot.job, slot.pid
+        os.close(slot.rfd)
+        _, status = os.waitpid(pid, 0)
+        report = forced
+        if report is None:
+            try:
+                report = json.loads(b"".join(slot.chunks))
+            except ValueError:
+                report = {"status": "not graded", "cause": "not_graded",
+                          "error": f"the harness process died (wait status {status}) without a report"}
+            if status != 0 and report.get("status") == "graded":
+                report = {"status": "not graded", "cause": "not_graded",
+                          "error": f"the harness process exited with status {status}"}
+        slot.job = slot.pid = slot.rfd = None
+        slot.chunks = []
+        try:
+            slot.sandbox.check_clean()
+        except InfrastructureError as exc:
+            report = {"status": "not graded", "cause": "not_graded", "error": str(exc)}
+        if report.get("status") != "graded":
+            slot.sandbox.stop()  # restart this slot's sandbox before its next job
+            try:
+                slot.sandbox.start()
+            except InfrastructureError:
+                pass
+        self._finish(job, report)
+
+    def _finish(self, job: Job, report: dict) -> None:
+        """Record a graded report, or retry, or give up with "not graded"."""
+        if report.get("status") == "graded":
+            report["attempts"] = job.attempts
+            self.store.put(job.assignment, job.key, report)
+            if job.job_id != CANARY:
+                self.progress.count("graded", finished=True)
+            self._deliver(job, report)
+            return
+        job.errors.append(report.get("error", ""))
+        self.store.log_failure(job.assignment, job.job_id, report.get("error", ""))
+        if job.attempts <= self.retries:
+            self.progress.count("retried", finished=False)
+            self.queue.append(job)
+            return
+        if job.job_id != CANARY:
+            self.progress.count("not graded", finished=True)
+        self._deliver(job, {"assignment": job.assignment, "status": "not graded", "cause": "not_graded",
+                            "attempts": job.attempts, "error": job.errors[-1][:3000], "scores": {},
+                            "max_scores": {}, "tests": []})
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100]
+
+
+def grade_batch(jobs: list[Job], *, course=None, cfg: dict | None = None, workers: int | None = None,
+                device: str = "cpu", extra_args=(), force: bool = False, progress: bool = True, on_result=None,
+                inject_fault=None, logs_dir: Path | None = None, canary: bool = True,
+                allow_weak_isolation: bool = False) -> dict[str, dict]:
+    """Grade ``jobs`` on ``workers`` parallel slots; return job_id -> report (dict).
+
+    ``on_result(job, report)`` is called in this process (one writer) as each
+    submission finishes; ``inject_fault(job)`` runs in the harness process
+    before grading (tests use it to simulate infrastructure faults).
+    """
+    from .config import load_config
+
+    course = course if isinstance(course, Course) else Course(course) if course is not None else Course()
+    return Scheduler(course, cfg or load_config(), device=device, workers=workers, extra_args=extra_args,
+                     force=force, progress=progress, on_result=on_result, inject_fault=inject_fault,
+                     logs_dir=logs_dir, canary=canary, allow_weak_isolation=allow_weak_isolation).run(jobs)
