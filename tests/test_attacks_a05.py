@@ -20,6 +20,7 @@ import nbformat
 import pytest
 
 from autograder import notebook as nbmod
+from autograder.course import Course
 
 REPO = Path(__file__).resolve().parent.parent
 ASSIGNMENT = "a05_transformer"
@@ -122,7 +123,7 @@ CausalLM.forward_with_cache = forward_with_cache
 
 
 def _source():
-    return nbmod.read_notebook(nbmod.source_path(ASSIGNMENT))
+    return nbmod.read_notebook(Course().source(ASSIGNMENT))
 
 
 def _cell(nb, gid):
