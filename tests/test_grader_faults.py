@@ -170,3 +170,34 @@ def test_square__on_cuda(sub):
     rep = grade(course, submission(course, tmp_path), canary=False, device="cpu")
     assert rep["status"] == "graded" and rep["scores"] == rep["max_scores"], rep["tests"]
     assert not any("on_cuda" in t["name"] for t in rep["tests"])
+
+
+def test_the_engine_refuses_to_fork_harnesses_after_cuda_was_initialised(tmp_path, monkeypatch):
+    import torch
+
+    course = make_course(tmp_path / "course")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        grade(course, submission(course, tmp_path), canary=False)
+
+
+@pytest.mark.slow
+def test_a_runner_that_cannot_use_cuda_is_not_graded_never_charged(tmp_path):
+    """On a machine whose runners cannot create a CUDA context (here: none has a GPU), grading on
+    CUDA gives "not graded" from the runner's first frame, before any student code runs."""
+    from autograder.devices import cuda_available
+
+    if cuda_available():
+        pytest.skip("this machine's runners can use CUDA")
+    course = make_course(tmp_path / "course")
+    sb = engine.Sandbox(engine.load_config(), course, device="cuda")
+    sb.start()
+    try:
+        s = engine.RemoteSession(sb, Program(cells=[("impl", ANSWER)], answer_ids=["impl"]), sb.cfg,
+                                 time.monotonic() + 120)
+        with pytest.raises(engine.InfrastructureError):
+            s.call("f", 2)
+        assert s.infra_error and s.events == []
+        s.close()
+    finally:
+        sb.stop()

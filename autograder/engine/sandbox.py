@@ -102,6 +102,7 @@ class Sandbox:
                  gpu_share: int = 1):
         self.cfg, self.course, self.slot, self.device, self.gpu = cfg, course, slot, device, gpu
         self.gpu_share = max(1, gpu_share)  # runners of this engine that share the slot's GPU
+        self.gpu_leftovers = 0  # runner processes found on the GPU after their submission, then killed
         self.proc = None
         self.ctl = None
         self.boot = None
@@ -331,17 +332,19 @@ class Sandbox:
         return survivors
 
     def check_clean(self) -> None:
-        """Before the next job: no runner process is left (nor on the GPU)."""
+        """Before the next job: no runner process is left, and none holds the GPU."""
+        if self.device == "cuda" and self.uid is not None:
+            # Looked at before the sweep, while a leftover (say, a daemonised child) still runs.
+            held = [p for p in (gpu_processes() or []) if p in set(processes_of(self.uid))]
+            if held:
+                self.gpu_leftovers += len(held)
         left = self.sweep()
         if left:
             raise InfrastructureError(f"runner processes {left} of uid {self.uid} survive SIGKILL")
         if self.device == "cuda" and self.uid is not None:
-            on_gpu = gpu_processes()
-            if on_gpu:
-                # nvidia-smi lists host pids; any of them still owned by the runner uid is a leftover.
-                mine = [p for p in on_gpu if p in set(processes_of(self.uid))]
-                if mine:
-                    raise InfrastructureError(f"runner processes {sorted(mine)} still hold the GPU")
+            still = [p for p in (gpu_processes() or []) if p in set(processes_of(self.uid))]
+            if still:
+                raise InfrastructureError(f"runner processes {sorted(still)} still hold the GPU after SIGKILL")
 
     def stop(self) -> None:
         if self.ctl is not None:
