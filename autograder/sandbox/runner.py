@@ -143,7 +143,7 @@ def launch(config_path: str) -> None:
     os.unlink(config_path)
     caps = {"engine_root": os.geteuid() == 0}
     caps.update(_isolate(cfg))
-    settings = {"ctl_fd": cfg["ctl_fd"], "caps": caps, "preload": cfg.get("preload", []),
+    settings = {"ctl_fd": cfg["ctl_fd"], "caps": caps, "preload": cfg.get("preload", []), "keep": cfg.get("keep", []),
                 "course_path": cfg.get("course_path"), "package": cfg.get("package")}
     os.execv(sys.executable, [sys.executable, "-I", os.path.abspath(__file__), "serve", json.dumps(settings)])
 
@@ -153,8 +153,12 @@ def launch(config_path: str) -> None:
 # ----------------------------------------------------------------------------
 
 
+KEEP: list = []  # what the fork server's mount namespace binds back (set by serve)
+
+
 def serve(settings_json: str) -> None:
     settings = json.loads(settings_json)
+    KEEP[:] = [str(k) for k in settings.get("keep", [])]
     ctl = socket.socket(fileno=settings["ctl_fd"])
     sys.path.insert(0, BOOT)
     if settings.get("course_path"):
@@ -233,7 +237,7 @@ def _limit(which, value):
             resource.setrlimit(which, (hard, hard))
 
 
-def _private_namespaces(libc, tmp_mb: int) -> dict:
+def _private_namespaces(libc, tmp_mb: int, keep=()) -> dict:
     """Namespaces of this runner alone: IPC objects, a fresh /tmp and /dev/shm, and (after the
     fork in ``_runner_main``) its own PID namespace with its own /proc. Nothing of one
     submission is then visible to the next, and all of it is gone when the runner ends."""
@@ -246,12 +250,17 @@ def _private_namespaces(libc, tmp_mb: int) -> dict:
     try:
         _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
-        boot = os.open(BOOT, os.O_PATH)  # the sandbox code lives under /tmp: bind it back after the cover
+        # What lives under /tmp or /dev/shm and must stay visible (the boot directory, and a
+        # virtual environment or data directory that happens to be there) is bound back after the cover.
+        covers = ("/tmp", "/dev/shm")
+        back = sorted({BOOT, *(k for k in keep if any(k == c or k.startswith(c + "/") for c in covers))}, key=len)
+        fds = {k: os.open(k, os.O_PATH) for k in back if os.path.isdir(k)}
         _mount(libc, "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777")
         if os.path.isdir("/dev/shm"):
             _mount(libc, "tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_mb}m,mode=1777")
-        _bind_readonly(libc, boot, BOOT)
-        os.close(boot)
+        for k, fd in fds.items():
+            _bind_readonly(libc, fd, k)
+            os.close(fd)
         held["tmp"] = True
     except OSError as exc:
         held["tmp_error"] = str(exc)
@@ -339,7 +348,7 @@ def _runner_main(sock, req) -> None:
     uid = req.get("uid")
     libc = _libc()
     groups = _join_cgroups(lim) if req.get("isolate", True) else {}
-    held = _private_namespaces(libc, int(lim.get("scratch_mb", 64))) if req.get("isolate", True) else {}
+    held = _private_namespaces(libc, int(lim.get("scratch_mb", 64)), KEEP) if req.get("isolate", True) else {}
     if held.get("pid"):
         # The next child is PID 1 of a new PID namespace: it becomes the runner. This process
         # waits for it (killing this process group kills both, and PID 1's death ends every
