@@ -67,11 +67,13 @@ clean:
 #   make check-release                                fail if assignments/ differs from a fresh generation
 #   make collect ASSIGNMENT=a01_... [ZIP=lms.zip]     LMS zip -> submitted/<student>/<assignment>/
 #   make grade ASSIGNMENT=a01_... [WORKERS=N] [DEVICE=cuda] [ALLOW_WEAK_ISOLATION=1]   sandboxed engine -> gradebook.db + autograded/
+#              [CLUSTER=ray [RAY_ADDRESS=auto|ray://host:port]]   on a Ray cluster (default: a local Ray instance)
 #   make feedback ASSIGNMENT=a01_...                  feedback/<student>/<assignment>/*.html
 #   make export                                       grades.csv
 ASSIGNMENT ?=
 WORKERS ?=
 DEVICE ?= cpu
+CLUSTER ?= local
 ZIP ?=
 # Student ids come from the LMS's layout: a folder per student (<id>/...ipynb) or a
 # file-name prefix (<id>_...ipynb). Override with a regexp that has a (?P<student_id>...) group.
@@ -98,7 +100,7 @@ collect: env
 
 grade: env
 	$(need_assignment)
-	$(PY) -m autograder grade $(ASSIGNMENT) --device $(DEVICE) $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter 1 yes true,$(ALLOW_WEAK_ISOLATION)),--allow-weak-isolation)
+	$(PY) -m autograder grade $(ASSIGNMENT) --device $(DEVICE) --cluster $(CLUSTER) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter 1 yes true,$(ALLOW_WEAK_ISOLATION)),--allow-weak-isolation)
 
 feedback: env
 	$(need_assignment)

@@ -8,7 +8,9 @@
 Options: --workers N (default: cores, or visible GPUs with --device cuda), --device cpu|cuda,
 --course DIR (default: this repository), --force (ignore cached results),
 --config FILE (default: autograder/config.toml), --tests-csv FILE (one row per hidden test,
-with its cause), --no-canary (skip grading the instructor's solution first).
+with its cause), --no-canary (skip grading the instructor's solution first),
+--cluster local|ray (default local; ray grades on Ray actors, see autograder/README.md),
+--address auto|ray://HOST:PORT (the Ray cluster; default RAY_ADDRESS, or a new local instance).
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def _common(p):
     p.add_argument("--json-dir", default=None, help="write each report here as <id>.json")
     p.add_argument("--tests-csv", default=None, help="write one row per hidden test, with its cause")
     p.add_argument("-k", dest="select", default=None, help="only hidden tests matching this pytest -k expression")
+    _cluster(p)
+
+
+def _cluster(p):
+    p.add_argument("--cluster", choices=["local", "ray"], default="local",
+                   help="grade on this machine (local) or on a Ray cluster (ray)")
+    p.add_argument("--address", default=None,
+                   help="with --cluster ray: auto, or ray://HOST:PORT (default: RAY_ADDRESS, else a local instance)")
 
 
 def _summary(results: dict) -> int:
@@ -94,7 +104,11 @@ def main(argv=None) -> int:
     lim = sub.add_parser("limits", help="print the limits and the isolation that holds here")
     lim.add_argument("--config", default=None)
     lim.add_argument("--course", default=None)
+    lim.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    _cluster(lim)
     a = ap.parse_args(argv)
+    if a.cmd != "collect" and a.address and a.cluster != "ray":
+        raise SystemExit("--address needs --cluster ray")
 
     if a.cmd == "collect":
         from . import collect
@@ -108,6 +122,12 @@ def main(argv=None) -> int:
     course = Course(a.course) if a.course else Course()
     if a.cmd == "limits":
         print(json.dumps(cfg, indent=1))
+        if a.cluster == "ray":
+            from .engine.cluster import probe_nodes
+
+            for node in probe_nodes(cfg, course, a.address, a.device):
+                print("isolation on node", json.dumps(node))
+            return 0
         print("isolation on this machine:", json.dumps(engine.probe(cfg, course)))
         return 0
     try:
@@ -138,8 +158,9 @@ def main(argv=None) -> int:
         results = engine.grade_batch(jobs, course=course, cfg=cfg, workers=a.workers, device=a.device,
                                      extra_args=extra, force=a.force, progress=not a.no_progress,
                                      on_result=on_result, canary=not a.no_canary,
-                                     allow_weak_isolation=a.allow_weak_isolation)
-    except (engine.CanaryFailed, engine.WeakIsolation) as exc:
+                                     allow_weak_isolation=a.allow_weak_isolation, cluster=a.cluster,
+                                     address=a.address)
+    except (engine.CanaryFailed, engine.WeakIsolation, engine.NoWorkers) as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 3
     _write_outputs(a, results)

@@ -49,11 +49,16 @@ class Job:
     attempts: int = 0
     key: str = ""
     errors: list = field(default_factory=list)
+    nodes: list = field(default_factory=list)  # where it was tried (cluster back end)
 
 
 @dataclass
 class Slot:
-    """One worker: a sandbox, and the harness process grading a job on it (if any)."""
+    """One worker: a sandbox, and the harness process grading a job on it (if any).
+
+    The local scheduler drives many slots at once through ``begin``/``feed``/``finish``;
+    a cluster worker drives its one slot with ``grade``.
+    """
 
     index: int
     sandbox: Sandbox
@@ -66,6 +71,85 @@ class Slot:
     @property
     def busy(self) -> bool:
         return self.job is not None
+
+    def ready(self) -> None:
+        """Before a job: a live fork server and no leftovers of the last one (InfrastructureError if not)."""
+        if not self.sandbox.alive():
+            self.sandbox.stop()
+            self.sandbox.start()
+        self.sandbox.check_clean()
+
+    def begin(self, job: Job, cfg: dict, course: Course, extra_args, log_path: str, inject_fault=None) -> None:
+        """Fork a harness that grades ``job`` on this slot's sandbox; its report arrives on ``rfd``."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            _harness_child(job, self, cfg, course, extra_args, w, log_path, inject_fault)
+        os.close(w)
+        grace = float(cfg["limits"]["submission_seconds"]) + float(cfg["engine"]["harness_grace_seconds"])
+        self.job, self.pid, self.rfd = job, pid, r
+        self.deadline, self.chunks = time.monotonic() + grace, []
+
+    def feed(self) -> bool:
+        """Read what the harness wrote; False once it has closed its end."""
+        data = os.read(self.rfd, 1 << 20)
+        if data:
+            self.chunks.append(data)
+        return bool(data)
+
+    def kill(self) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def finish(self, forced: dict | None = None) -> dict:
+        """Reap the harness and return its report (``forced`` instead, when given). A slot whose
+        submission was not graded gets a fresh sandbox before its next job."""
+        pid = self.pid
+        os.close(self.rfd)
+        _, status = os.waitpid(pid, 0)
+        report = forced
+        if report is None:
+            try:
+                report = json.loads(b"".join(self.chunks))
+            except ValueError:
+                report = {"status": "not graded", "cause": "not_graded",
+                          "error": f"the harness process died (wait status {status}) without a report"}
+            if status != 0 and report.get("status") == "graded":
+                report = {"status": "not graded", "cause": "not_graded",
+                          "error": f"the harness process exited with status {status}"}
+        self.job = self.pid = self.rfd = None
+        self.chunks = []
+        try:
+            self.sandbox.check_clean()
+        except InfrastructureError as exc:
+            report = {"status": "not graded", "cause": "not_graded", "error": str(exc)}
+        if report.get("status") != "graded":
+            self.sandbox.stop()  # restart this slot's sandbox before its next job
+            try:
+                self.sandbox.start()
+            except InfrastructureError:
+                pass
+        return report
+
+    def grade(self, job: Job, cfg: dict, course: Course, extra_args, log_path: str) -> dict:
+        """Grade one job to the end (blocking) and return its report."""
+        try:
+            self.ready()
+        except InfrastructureError as exc:
+            return {"status": "not graded", "cause": "not_graded", "error": str(exc)}
+        self.begin(job, cfg, course, extra_args, log_path)
+        while True:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                return self.finish({"status": "not graded", "cause": "not_graded",
+                                    "error": "the harness process did not finish in time"})
+            if select.select([self.rfd], [], [], min(left, 5.0))[0] and not self.feed():
+                return self.finish()
 
 
 def grader_version(course: Course, assignment: str) -> str:
@@ -159,12 +243,24 @@ def _harness_args(device: str, extra_args) -> list[str]:
     return args
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this process when the one that forked it dies (an engine or a cluster worker killed
+    from outside leaves no harness grading on for nobody)."""
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _harness_child(job: Job, slot: Slot, cfg: dict, course: Course, extra_args, wfd: int, log_path: str,
                    inject_fault) -> None:
     """Body of the forked harness process: grade, write the report, exit."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _die_with_parent()
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -203,10 +299,13 @@ def _harness_child(job: Job, slot: Slot, cfg: dict, course: Course, extra_args, 
 
 
 class Progress:
-    """Counts graded, retried and not-graded submissions; draws a bar when asked."""
+    """Counts graded, retried and not-graded submissions, in all and per node; draws a bar when asked."""
+
+    KINDS = ("graded", "retried", "not graded")
 
     def __init__(self, total: int, done: int, show: bool):
-        self.counts = {"graded": 0, "retried": 0, "not graded": 0}
+        self.counts = dict.fromkeys(self.KINDS, 0)
+        self.per_node: dict[str, dict[str, int]] = {}
         self.bar = None
         if show:
             from tqdm import tqdm
@@ -214,21 +313,35 @@ class Progress:
             tqdm.monitor_interval = 0  # no monitor thread: this process forks
             self.bar = tqdm(total=total, initial=done, unit="sub", file=sys.stderr)
 
-    def count(self, what: str, finished: bool) -> None:
+    def count(self, what: str, finished: bool, node: str | None = None) -> None:
         self.counts[what] += 1
+        if node is not None:
+            self.per_node.setdefault(node, dict.fromkeys(self.KINDS, 0))[what] += 1
         if self.bar is not None:
-            self.bar.set_postfix(graded=self.counts["graded"], retried=self.counts["retried"],
-                                 not_graded=self.counts["not graded"])
+            post = {"graded": self.counts["graded"], "retried": self.counts["retried"],
+                    "not_graded": self.counts["not graded"]}
+            if self.per_node:  # graded/retried/not graded on each node
+                post["nodes"] = " ".join(f"{n}:{c['graded']}/{c['retried']}/{c['not graded']}"
+                                         for n, c in sorted(self.per_node.items()))
+            self.bar.set_postfix(post)
             if finished:
                 self.bar.update(1)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.per_node and self.bar is not None:
+            for node, c in sorted(self.per_node.items()):
+                print(f"node {node}: {c['graded']} graded, {c['retried']} retried, {c['not graded']} not graded",
+                      file=sys.stderr)
 
 
 class WeakIsolation(RuntimeError):
     """The sandbox's guarantees do not hold on this machine, and weak isolation was not allowed."""
+
+
+class NoWorkers(RuntimeError):
+    """No grading worker could be started (or kept) on the cluster."""
 
 
 class CanaryFailed(RuntimeError):
@@ -250,7 +363,6 @@ class Scheduler:
         self.store = ResultsStore(course.results_dir(cfg))
         self.logs_dir = Path(logs_dir) if logs_dir else course.results_dir(cfg) / "logs"
         self.retries = int(cfg["engine"]["retries"])
-        self.grace = float(cfg["limits"]["submission_seconds"]) + float(cfg["engine"]["harness_grace_seconds"])
         self.results: dict[str, dict] = {}
         self.queue: list[Job] = []
         self.slots: list[Slot] = []
@@ -298,7 +410,6 @@ class Scheduler:
 
     # -- running -----------------------------------------------------------------------
     def run(self, jobs: list[Job]) -> dict[str, dict]:
-        _prewarm_harness(self.cfg["sandbox"]["preload"])
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         canaries = []
         if self.canary:
@@ -306,49 +417,57 @@ class Scheduler:
                 canaries.append(Job(a, str(self.course.source(a)), CANARY))
         pending = self._prepare(canaries) + self._prepare(jobs)
         self.progress = Progress(len(jobs), len(jobs) - len([j for j in pending if j.job_id != CANARY]), self.show)
-        n = max(1, min(self.workers, len(pending))) if pending else 0
-        gpus = visible_gpus() if self.device == "cuda" else []
         try:
-            share = -(-n // len(gpus)) if gpus else 1  # more workers than GPUs: each runner gets 1/share of one
-            for i in range(n):
-                gpu = gpus[i % len(gpus)] if gpus else None
-                self.slots.append(Slot(i, Sandbox(self.cfg, self.course, slot=i, device=self.device, gpu=gpu,
-                                                  gpu_share=share)))
-            for slot in self.slots:
-                slot.sandbox.start()
-            if self.slots:
-                self._check_isolation(self.slots[0].sandbox)
+            if pending:
+                self._start_workers(max(1, min(self.workers, len(pending))), [j.assignment for j in pending])
             # The canaries go first, alone: a batch whose solution does not score stops before any student.
-            first = [j for j in pending if j.job_id == CANARY]
-            self.queue = first
+            self.queue = [j for j in pending if j.job_id == CANARY]
             self._loop()
             self.queue = [j for j in pending if j.job_id != CANARY]
             self._loop()
         finally:
-            for slot in self.slots:
-                if slot.pid is not None:
-                    try:
-                        os.kill(slot.pid, signal.SIGKILL)
-                        os.waitpid(slot.pid, 0)
-                    except OSError:
-                        pass
-                slot.sandbox.stop()
+            self._stop_workers()
             self.progress.close()
         return self.results
 
-    def _check_isolation(self, sandbox: Sandbox) -> None:
-        missing = sandbox.isolation_problems()
+    # -- the local back end: slots in this process -----------------------------------
+    def _start_workers(self, n: int, assignments: list[str]) -> None:
+        _prewarm_harness(self.cfg["sandbox"]["preload"])
+        gpus = visible_gpus() if self.device == "cuda" else []
+        share = -(-n // len(gpus)) if gpus else 1  # more workers than GPUs: each runner gets 1/share of one
+        for i in range(n):
+            gpu = gpus[i % len(gpus)] if gpus else None
+            self.slots.append(Slot(i, Sandbox(self.cfg, self.course, slot=i, device=self.device, gpu=gpu,
+                                              gpu_share=share)))
+        for slot in self.slots:
+            slot.sandbox.start()
+        if self.slots:
+            self._check_isolation(self.slots[0].sandbox.isolation_problems())
+
+    def _stop_workers(self) -> None:
+        for slot in self.slots:
+            if slot.pid is not None:
+                slot.kill()
+                try:
+                    os.waitpid(slot.pid, 0)
+                except OSError:
+                    pass
+            slot.sandbox.stop()
+
+    def _check_isolation(self, missing: list[str], where: str = "this machine") -> None:
+        """Refuse (WeakIsolation) when a guarantee does not hold, unless weak isolation is allowed."""
         if not missing:
             return
         text = "; ".join(missing)
         if not self.allow_weak:
             raise WeakIsolation(
-                f"this machine does not give the sandbox what grading needs: {text}. Grade as root in a "
+                f"{where} does not give the sandbox what grading needs: {text}. Grade as root in a "
                 f"container (see autograder/README.md), or enable unprivileged user namespaces "
                 f"(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone), or pass "
                 f"--allow-weak-isolation to grade anyway with a warning in every report.")
-        self.warning = f"graded with weak isolation: {text}"
-        print(f"WARNING: {self.warning}", file=sys.stderr)
+        warning = f"graded with weak isolation: {text}" + ("" if where == "this machine" else f" ({where})")
+        self.warning = f"{self.warning}; {warning}" if self.warning else warning
+        print(f"WARNING: {warning}", file=sys.stderr)
 
     def _loop(self) -> None:
         while self.queue or any(s.busy for s in self.slots):
@@ -362,81 +481,43 @@ class Scheduler:
             now = time.monotonic()
             for rfd, slot in busy.items():
                 if rfd in ready:
-                    data = os.read(rfd, 1 << 20)
-                    if data:
-                        slot.chunks.append(data)
-                        continue
-                    self._collect(slot, None)
+                    if not slot.feed():
+                        self._finish(slot.job, slot.finish())
                 elif now > slot.deadline:
-                    os.kill(slot.pid, signal.SIGKILL)
-                    self._collect(slot, {"status": "not graded", "cause": "not_graded",
-                                         "error": "the harness process did not finish in time"})
+                    slot.kill()
+                    job = slot.job
+                    self._finish(job, slot.finish({"status": "not graded", "cause": "not_graded",
+                                                   "error": "the harness process did not finish in time"}))
 
     def _dispatch(self, slot: Slot, job: Job) -> None:
         job.attempts += 1
         try:
-            if not slot.sandbox.alive():
-                slot.sandbox.stop()
-                slot.sandbox.start()
-            slot.sandbox.check_clean()
+            slot.ready()
         except InfrastructureError as exc:
             self._finish(job, {"status": "not graded", "cause": "not_graded", "error": str(exc)})
             return
-        r, w = os.pipe()
-        log_path = str(self.logs_dir / f"{job.assignment}-{_safe(job.job_id)}.log")
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            _harness_child(job, slot, self.cfg, self.course, self.extra_args, w, log_path, self.inject_fault)
-        os.close(w)
-        slot.job, slot.pid, slot.rfd = job, pid, r
-        slot.deadline, slot.chunks = time.monotonic() + self.grace, []
+        slot.begin(job, self.cfg, self.course, self.extra_args, self.log_path(job), self.inject_fault)
 
-    def _collect(self, slot: Slot, forced: dict | None) -> None:
-        job, pid = slot.job, slot.pid
-        os.close(slot.rfd)
-        _, status = os.waitpid(pid, 0)
-        report = forced
-        if report is None:
-            try:
-                report = json.loads(b"".join(slot.chunks))
-            except ValueError:
-                report = {"status": "not graded", "cause": "not_graded",
-                          "error": f"the harness process died (wait status {status}) without a report"}
-            if status != 0 and report.get("status") == "graded":
-                report = {"status": "not graded", "cause": "not_graded",
-                          "error": f"the harness process exited with status {status}"}
-        slot.job = slot.pid = slot.rfd = None
-        slot.chunks = []
-        try:
-            slot.sandbox.check_clean()
-        except InfrastructureError as exc:
-            report = {"status": "not graded", "cause": "not_graded", "error": str(exc)}
-        if report.get("status") != "graded":
-            slot.sandbox.stop()  # restart this slot's sandbox before its next job
-            try:
-                slot.sandbox.start()
-            except InfrastructureError:
-                pass
-        self._finish(job, report)
+    def log_path(self, job: Job) -> str:
+        return str(self.logs_dir / f"{job.assignment}-{_safe(job.job_id)}.log")
 
-    def _finish(self, job: Job, report: dict) -> None:
+    def _finish(self, job: Job, report: dict, node: str | None = None) -> None:
         """Record a graded report, or retry, or give up with "not graded"."""
         if report.get("status") == "graded":
             report["attempts"] = job.attempts
             self.store.put(job.assignment, job.key, report)
             if job.job_id != CANARY:
-                self.progress.count("graded", finished=True)
+                self.progress.count("graded", finished=True, node=node)
             self._deliver(job, report)
             return
         job.errors.append(report.get("error", ""))
         self.store.log_failure(job.assignment, job.job_id, report.get("error", ""))
         if job.attempts <= self.retries:
-            self.progress.count("retried", finished=False)
+            self.progress.count("retried", finished=False, node=node)
             self.queue.append(job)
             return
         if job.job_id != CANARY:
-            self.progress.count("not graded", finished=True)
+            self.progress.count("not graded", finished=True, node=node)
         self._deliver(job, {"assignment": job.assignment, "status": "not graded", "cause": "not_graded",
                             "attempts": job.attempts, "error": job.errors[-1][:3000], "scores": {},
                             "max_scores": {}, "tests": []})
@@ -449,16 +530,26 @@ def _safe(name: str) -> str:
 def grade_batch(jobs: list[Job], *, course=None, cfg: dict | None = None, workers: int | None = None,
                 device: str = "cpu", extra_args=(), force: bool = False, progress: bool = True, on_result=None,
                 inject_fault=None, logs_dir: Path | None = None, canary: bool = True,
-                allow_weak_isolation: bool = False) -> dict[str, dict]:
+                allow_weak_isolation: bool = False, cluster: str = "local", address: str | None = None,
+                on_dispatch=None) -> dict[str, dict]:
     """Grade ``jobs`` on ``workers`` parallel slots; return job_id -> report (dict).
 
     ``on_result(job, report)`` is called in this process (one writer) as each
     submission finishes; ``inject_fault(job)`` runs in the harness process
     before grading (tests use it to simulate infrastructure faults).
+    ``cluster="ray"`` grades on a Ray cluster (``address``: ``auto``, ``ray://host:port``,
+    or None for ``RAY_ADDRESS`` or a local instance); see :mod:`.cluster`.
     """
     from .config import load_config
 
     course = course if isinstance(course, Course) else Course(course) if course is not None else Course()
-    return Scheduler(course, cfg or load_config(), device=device, workers=workers, extra_args=extra_args,
-                     force=force, progress=progress, on_result=on_result, inject_fault=inject_fault,
-                     logs_dir=logs_dir, canary=canary, allow_weak_isolation=allow_weak_isolation).run(jobs)
+    common = dict(device=device, workers=workers, extra_args=extra_args, force=force, progress=progress,
+                  on_result=on_result, logs_dir=logs_dir, canary=canary, allow_weak_isolation=allow_weak_isolation)
+    if cluster == "ray":
+        from .cluster import RayScheduler  # Ray is imported only here
+
+        return RayScheduler(course, cfg or load_config(), address=address, on_dispatch=on_dispatch,
+                            **common).run(jobs)
+    if cluster != "local":
+        raise ValueError(f"unknown cluster back end {cluster!r} (local or ray)")
+    return Scheduler(course, cfg or load_config(), inject_fault=inject_fault, **common).run(jobs)
