@@ -6,13 +6,20 @@ solution, the release and the wrong variants, in turn), grades them once with
 both wall times and their ratio. A benchmark, not a test::
 
     .venv/bin/python benchmarks/grading_throughput.py [--assignment a01_text_and_ngrams] [-n 100] [--workers 2]
+
+With ``--cluster ray`` it also starts a local Ray cluster (a head with no CPU and
+``--workers`` worker nodes of one CPU each), grades the same submissions on it
+with ``--cluster ray``, and prints its wall time beside the local back end's,
+their ratio and Ray's overhead. ``--skip-nbgrader`` leaves nbgrader out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,6 +43,7 @@ def build_course(root: Path, assignment: str, n: int) -> None:
     (root / "autograder" / "tests").mkdir(parents=True)
     for f in ("conftest.py", f"test_{assignment}.py"):
         shutil.copy(REPO / "autograder" / "tests" / f, root / "autograder" / "tests")
+    shutil.copytree(REPO / "seqcourse", root / "seqcourse", ignore=shutil.ignore_patterns("__pycache__"))
     workflow.generate(root, [assignment])
     pool = [nbmod.read_notebook(Course().source(assignment)),
             nbmod.read_notebook(root / "assignments" / assignment / f"{assignment}.ipynb")]
@@ -59,12 +67,31 @@ def timed(cmd, cwd, env=None) -> float:
     return wall
 
 
+def ray_run(root: Path, a, env) -> float:
+    """Wall time of grading the course on a local Ray cluster (the cluster's own start not counted)."""
+    from ray.cluster_utils import Cluster
+
+    start = time.perf_counter()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(a.workers):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    print(f"ray: head + {a.workers} worker nodes started in {time.perf_counter() - start:.1f} s (not counted)")
+    try:
+        return timed([sys.executable, "-m", "autograder", "grade", a.assignment, "--course", str(root),
+                      "--cluster", "ray", "--address", cluster.address, "--force", "--no-progress"], REPO, env)
+    finally:
+        cluster.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--assignment", default="a01_text_and_ngrams")
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--skip-nbgrader", action="store_true")
+    ap.add_argument("--cluster", choices=["local", "ray"], default="local",
+                    help="ray: also grade on a local Ray cluster of --workers one-CPU nodes")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="agr-bench-") as tmp:
         root = Path(tmp)
@@ -73,7 +100,17 @@ def main() -> None:
         t_engine = timed([sys.executable, "-m", "autograder", "grade", a.assignment, "--course", str(root),
                           "--workers", str(a.workers), "--force", "--no-progress"], REPO, env)
         print(f"engine ({a.workers} workers): {a.n} submissions in {t_engine:.1f} s "
-              f"({a.n / t_engine:.2f} submissions/s)")
+              f"({a.n / t_engine:.2f} submissions/s; {t_engine * a.workers / a.n:.2f} worker-seconds each)")
+        seconds = sorted(json.loads(p.read_text())["seconds"] for p in (root / ".grading" / a.assignment).glob("*.json"))
+        if seconds:  # one harness per stored report (identical submissions share one)
+            print(f"per submission, harness only: median {statistics.median(seconds):.2f} s, "
+                  f"mean {statistics.fmean(seconds):.2f} s, max {seconds[-1]:.2f} s over {len(seconds)} reports")
+        if a.cluster == "ray":
+            t_ray = ray_run(root, a, env)
+            print(f"ray ({a.workers} worker nodes of 1 CPU): {a.n} submissions in {t_ray:.1f} s "
+                  f"({a.n / t_ray:.2f} submissions/s)")
+            print(f"ray wall time / local wall time = {t_ray / t_engine:.3f} "
+                  f"(Ray's overhead: {100 * (t_ray / t_engine - 1):+.1f} %)")
         if a.skip_nbgrader:
             return
         nbg = [str(Path(sys.prefix) / "bin" / "nbgrader"), "autograde", a.assignment, "--force",

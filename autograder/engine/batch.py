@@ -432,15 +432,17 @@ class Scheduler:
 
     # -- the local back end: slots in this process -----------------------------------
     def _start_workers(self, n: int, assignments: list[str]) -> None:
-        _prewarm_harness(self.cfg["sandbox"]["preload"])
         gpus = visible_gpus() if self.device == "cuda" else []
         share = -(-n // len(gpus)) if gpus else 1  # more workers than GPUs: each runner gets 1/share of one
         for i in range(n):
             gpu = gpus[i % len(gpus)] if gpus else None
             self.slots.append(Slot(i, Sandbox(self.cfg, self.course, slot=i, device=self.device, gpu=gpu,
                                               gpu_share=share)))
+        for slot in self.slots:  # the fork servers warm up side by side, and beside this process
+            slot.sandbox.launch()
+        _prewarm_harness(self.cfg["sandbox"]["preload"])
         for slot in self.slots:
-            slot.sandbox.start()
+            slot.sandbox.wait_ready()
         if self.slots:
             self._check_isolation(self.slots[0].sandbox.isolation_problems())
 

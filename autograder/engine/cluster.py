@@ -109,11 +109,12 @@ class GradingWorker:
         self.course = unpack_bundle(bundle, digest, self.home / "course")
         if self.course.package.is_dir():
             sys.path.insert(0, str(self.course.root))  # hidden tests import the shipped course package
-        # Warm this process once (torch, pytest, the preloaded modules) so every forked harness starts warm.
-        _prewarm_harness(cfg["sandbox"]["preload"])
         # Ray chose this actor's GPU through CUDA_VISIBLE_DEVICES; the sandbox passes that set on unchanged.
         self.slot = Slot(index, Sandbox(cfg, self.course, slot=index, device=device))
-        self.slot.sandbox.start()
+        self.slot.sandbox.launch()
+        # Meanwhile warm this process (torch, pytest, the preloaded modules): every forked harness starts warm.
+        _prewarm_harness(cfg["sandbox"]["preload"])
+        self.slot.sandbox.wait_ready()
 
     def describe(self) -> str:
         """This node's identity, its isolation and the limits in effect, as JSON."""
@@ -245,12 +246,14 @@ class RayScheduler(Scheduler):
         self.spares = n * (self.retries + 1)  # replacements for actors that die
         for i in range(n):
             self._spawn(i)
+        # Grading starts as soon as one actor is up; the others join as they come (and a node's
+        # isolation is checked when its first actor reports).
         deadline = time.monotonic() + self.start_seconds
-        while any(not w.up for w in self.workers_) and time.monotonic() < deadline:
+        while not any(w.up for w in self.workers_) and self.workers_ and time.monotonic() < deadline:
             self._poll_starting(timeout=min(5.0, max(0.1, deadline - time.monotonic())))
-        for w in [w for w in self.workers_ if not w.up]:
-            self._drop(w, replace=False)
-        if not self.workers_:
+        if not any(w.up for w in self.workers_):
+            for w in list(self.workers_):
+                self._drop(w, replace=False)
             if self.refused:
                 raise WeakIsolation("every node was refused: " + "; ".join(self.refused.values()))
             raise NoWorkers(f"no grading actor started on the Ray cluster within {self.start_seconds:g} s "

@@ -162,6 +162,12 @@ class Sandbox:
         return boot
 
     def start(self, timeout: float = 120.0) -> None:
+        """Start the fork server and wait until it is ready (``launch`` + ``wait_ready``)."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the fork server without waiting for it (several slots warm up side by side)."""
         sb = self.cfg["sandbox"]
         root = os.geteuid() == 0
         if root and sb["isolate"]:
@@ -193,6 +199,10 @@ class Sandbox:
             log.close()
             theirs.close()
         self.ctl = ours
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait for the launched fork server's greeting, then check its package and probe a runner."""
+        boot = Path(self.boot)
         line = self._readline(timeout)
         if line is None:
             err = (boot / "sandbox.log").read_text(errors="replace")[-2000:]
