@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     extra = ["-k", a.select] if a.select else []
-    on_result = None
+    on_result, writer = None, None
     if a.cmd == "files":
         jobs = [engine.Job(a.assignment, str(Path(nb).resolve()), Path(nb).stem) for nb in a.notebooks]
         if len({j.job_id for j in jobs}) != len(jobs):
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         if not a.json_dir:
             raise SystemExit("files: --json-dir DIR is required (a report is written per notebook)")
     else:
-        from .gradebook import write_result
+        from .gradebook import GradebookWriter
 
         students = a.student or course.students(a.assignment)
         if not students:
@@ -151,8 +151,10 @@ def main(argv=None) -> int:
                              f"(run `make collect` first)")
         jobs = [engine.Job(a.assignment, str(course.submitted(s, a.assignment)), s) for s in students]
 
+        writer = GradebookWriter(course)  # one connection for the batch
+
         def on_result(job, report):  # runs in this process only: one gradebook writer
-            write_result(course, job.assignment, job.job_id, report, job.notebook)
+            writer.write(job.assignment, job.job_id, report, job.notebook)
 
     try:
         results = engine.grade_batch(jobs, course=course, cfg=cfg, workers=a.workers, device=a.device,
@@ -163,6 +165,9 @@ def main(argv=None) -> int:
     except (engine.CanaryFailed, engine.WeakIsolation, engine.NoWorkers) as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 3
+    finally:
+        if writer is not None:
+            writer.close()
     _write_outputs(a, results)
     bad = _summary(results)
     if bad:

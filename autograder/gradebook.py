@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -147,49 +148,97 @@ def autograded_notebook(release_nb, submission_nb, report: dict):
     return nb
 
 
+class GradebookWriter:
+    """Records graded submissions in the gradebook and in ``autograded/``.
+
+    One writer is kept for a whole batch: it holds one connection (so the database's
+    compiled queries are reused) and reads each assignment's notebooks once."""
+
+    def __init__(self, course: Course, db_url: str | None = None):
+        self.course = course if isinstance(course, Course) else Course(course)
+        self.db_url = db_url or self.course.gradebook_url
+        self._gb = None
+        self._notebooks: dict[str, tuple] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._gb is not None:
+            self._gb.close()
+            self._gb = None
+
+    def _gradebook(self):
+        from nbgrader.api import Gradebook
+
+        if self._gb is None:
+            self._gb = Gradebook(self.db_url)
+        return self._gb
+
+    def _assignment(self, assignment: str):
+        """(release notebook, grade cells of the source), checked against the gradebook once."""
+        from nbgrader.api import MissingEntry
+
+        if assignment not in self._notebooks:
+            try:
+                self._gradebook().find_assignment(assignment)
+            except MissingEntry:
+                raise RuntimeError(f"assignment {assignment!r} is not in {self.db_url}; "
+                                   f"run `make generate` first") from None
+            self._notebooks[assignment] = (nbmod.read_notebook(self.course.release(assignment)),
+                                           nbmod.grade_cells(nbmod.read_notebook(self.course.source(assignment))))
+        return self._notebooks[assignment]
+
+    def write(self, assignment: str, student: str, report: dict, submission_path) -> None:
+        """Record one graded submission (a report that is not graded is never turned into a score)."""
+        if report.get("status") != "graded":
+            return
+        release_nb, cells = self._assignment(assignment)
+        sub_dir = Path(submission_path).parent
+        timestamp = None
+        ts_file = sub_dir / "timestamp.txt"
+        if ts_file.exists() and ts_file.read_text().strip():
+            timestamp = ts_file.read_text().strip()
+
+        gb = self._gradebook()
+        # nbgrader's own session handling warns on every new submission; nothing is lost.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Object of type <Submitted\w+> not in session")
+            try:
+                gb.update_or_create_student(student)
+                kwargs = {"timestamp": timestamp} if timestamp else {}
+                gb.update_or_create_submission(assignment, student, **kwargs)
+                for cell in cells:
+                    grade = gb.find_grade(cell.grade_id, assignment, assignment, student)
+                    if cell.kind == "autograded":
+                        grade.auto_score = float(report["scores"].get(cell.grade_id, 0.0))
+                        grade.needs_manual_grade = grade.manual_score is not None
+                    else:
+                        grade.auto_score = None
+                        grade.needs_manual_grade = True
+                gb.db.commit()
+            except BaseException:
+                gb.db.rollback()
+                raise
+
+        try:
+            sub_nb = nbmod.read_notebook(submission_path)
+        except nbmod.SubmissionFormatError:
+            sub_nb = nbformat.v4.new_notebook()
+        out = self.course.autograded(student, assignment)
+        out_dir = out.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        nbformat.write(autograded_notebook(release_nb, sub_nb, report), out)
+        if ts_file.exists():
+            shutil.copyfile(ts_file, out_dir / "timestamp.txt")
+
+
 def write_result(course: Course, assignment: str, student: str, report: dict, submission_path,
                  db_url: str | None = None) -> None:
-    """Record one graded submission in the gradebook and in ``autograded/``."""
-    from nbgrader.api import Gradebook, MissingEntry
-
-    if report.get("status") != "graded":
-        return  # never turn a failure into a score
-    course = course if isinstance(course, Course) else Course(course)
-    db_url = db_url or course.gradebook_url
-    release_nb = nbmod.read_notebook(course.release(assignment))
-    source_nb = nbmod.read_notebook(course.source(assignment))
-    cells = nbmod.grade_cells(source_nb)
-    sub_dir = Path(submission_path).parent
-    timestamp = None
-    ts_file = sub_dir / "timestamp.txt"
-    if ts_file.exists() and ts_file.read_text().strip():
-        timestamp = ts_file.read_text().strip()
-
-    with Gradebook(db_url) as gb:
-        try:
-            gb.find_assignment(assignment)
-        except MissingEntry:
-            raise RuntimeError(f"assignment {assignment!r} is not in {db_url}; run `make generate` first") from None
-        gb.update_or_create_student(student)
-        kwargs = {"timestamp": timestamp} if timestamp else {}
-        gb.update_or_create_submission(assignment, student, **kwargs)
-        for cell in cells:
-            grade = gb.find_grade(cell.grade_id, assignment, assignment, student)
-            if cell.kind == "autograded":
-                grade.auto_score = float(report["scores"].get(cell.grade_id, 0.0))
-                grade.needs_manual_grade = grade.manual_score is not None
-            else:
-                grade.auto_score = None
-                grade.needs_manual_grade = True
-        gb.db.commit()
-
-    try:
-        sub_nb = nbmod.read_notebook(submission_path)
-    except nbmod.SubmissionFormatError:
-        sub_nb = nbformat.v4.new_notebook()
-    out = course.autograded(student, assignment)
-    out_dir = out.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    nbformat.write(autograded_notebook(release_nb, sub_nb, report), out)
-    if ts_file.exists():
-        shutil.copyfile(ts_file, out_dir / "timestamp.txt")
+    """Record one graded submission in the gradebook and in ``autograded/`` (one-off; a batch
+    keeps a :class:`GradebookWriter`)."""
+    with GradebookWriter(course, db_url) as writer:
+        writer.write(assignment, student, report, submission_path)

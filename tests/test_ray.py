@@ -211,7 +211,7 @@ def test_losing_nodes_mid_batch_charges_nobody_and_a_rerun_grades_the_rest(clust
     """The node grading a slow submission dies: it is retried on the other node, which dies too.
     It ends "not graded" after its two attempts, the jobs left waiting for a worker end "not graded",
     the gradebook holds exactly the graded ones, and a rerun on the healed cluster grades the rest."""
-    from autograder.gradebook import write_result
+    from autograder.gradebook import GradebookWriter
 
     c, workers = cluster
     course = _course_with_gradebook(tmp_path)
@@ -237,12 +237,15 @@ def test_losing_nodes_mid_batch_charges_nobody_and_a_rerun_grades_the_rest(clust
             workers.remove(victim)
             threading.Timer(1.0, c.remove_node, [victim]).start()
 
+    writer = GradebookWriter(course)  # one writer, in the driver, as `python -m autograder grade` keeps
+
     def on_result(job, report):
-        write_result(course, job.assignment, job.job_id, report, job.notebook)
+        writer.write(job.assignment, job.job_id, report, job.notebook)
 
     cfg = _config(tmp_path, retries=1, worker_start_seconds=20)
     first = ray_backend.RayScheduler(course, cfg, progress=False, on_result=on_result, on_dispatch=on_dispatch)
     results = first.run([copy.copy(j) for j in jobs])
+    writer.close()
     assert len(killed) == 2 and killed[0] != killed[1]  # the retry went to the other node
     assert set(results) == set(nbs)
     lost = results["slow"]
@@ -264,6 +267,7 @@ def test_losing_nodes_mid_batch_charges_nobody_and_a_rerun_grades_the_rest(clust
     c.wait_for_nodes()
     again = ray_backend.RayScheduler(course, _config(tmp_path), progress=False, on_result=on_result).run(
         [copy.copy(j) for j in jobs])
+    writer.close()
     assert all(r["status"] == "graded" for r in again.values())
     assert {s for s, r in again.items() if not r.get("cached")} == set(nbs) - set(graded)  # only the rest
     for s, r in graded.items():

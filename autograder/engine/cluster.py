@@ -58,24 +58,22 @@ LOG_TAIL = 20000
 
 def make_bundle(course: Course, assignments) -> bytes:
     """A gzipped tar of what grading ``assignments`` needs besides the autograder's code: their source
-    notebooks and hidden tests (with the suite's shared helpers) and the course package."""
-    members: list[tuple[Path, str]] = []
+    notebooks and hidden tests (with the suite's shared helpers) and the course package, each at its
+    place relative to the course directory, so the unpacked bundle is a :class:`Course` of its own."""
+    files: list[Path] = []
     for a in sorted(set(assignments)):
-        members.append((course.source(a), f"solutions/{a}/{a}.ipynb"))
-        members.append((course.tests(a), f"autograder/tests/test_{a}.py"))
+        files += [course.source(a), course.tests(a)]
     if course.hidden_tests_dir.is_dir():
-        for p in sorted(course.hidden_tests_dir.glob("*.py")):
-            if not p.name.startswith("test_"):  # conftest.py and helpers; never another assignment's suite
-                members.append((p, f"autograder/tests/{p.name}"))
+        # conftest.py and helpers; never another assignment's suite
+        files += sorted(p for p in course.hidden_tests_dir.glob("*.py") if not p.name.startswith("test_"))
     if course.package.is_dir():
-        for p in sorted(course.package.rglob("*")):
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
-                members.append((p, f"{course.package.name}/{p.relative_to(course.package)}"))
+        files += sorted(p for p in course.package.rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
-        for path, name in members:
+        for path in files:
             data = path.read_bytes()
-            info = tarfile.TarInfo(name)
+            info = tarfile.TarInfo(str(path.resolve().relative_to(course.root)))
             info.size, info.mode, info.mtime = len(data), 0o644, 0  # the same bytes for the same files
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
@@ -193,16 +191,16 @@ def connect(address: str | None) -> bool:
     kwargs = dict(address=address, log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env())
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False  # a local instance just for this batch
-    # Ray puts the driver's working directory on every worker's module path; from an empty one, the
-    # workers import the autograder shipped in the runtime environment, never a checkout that happens
-    # to sit at the same path on their node.
+    # Ray puts the driver's working directory on every worker's module path; from the root directory
+    # (which holds no module, and exists on every node, also for a local instance's processes started
+    # from here) the workers import the autograder shipped in the runtime environment, never a checkout
+    # that happens to sit at the same path on their node.
     cwd = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="agr-driver-") as empty:
-        os.chdir(empty)
-        try:
-            ray.init(**kwargs)
-        finally:
-            os.chdir(cwd)
+    os.chdir("/")
+    try:
+        ray.init(**kwargs)
+    finally:
+        os.chdir(cwd)
     return True
 
 
@@ -214,7 +212,7 @@ class RayScheduler(Scheduler):
         requested = kwargs.pop("workers", None)
         super().__init__(course, cfg, workers=1 << 30, **kwargs)
         self.requested, self.address, self.on_dispatch = requested, address, on_dispatch
-        self.workers_: list[Worker] = []
+        self.actors: list[Worker] = []
         self.nodes: dict[str, dict] = {}  # node name -> what its first actor reported
         self.refused: dict[str, str] = {}  # node name -> why it was refused
         self.started_ray = False
@@ -249,10 +247,10 @@ class RayScheduler(Scheduler):
         # Grading starts as soon as one actor is up; the others join as they come (and a node's
         # isolation is checked when its first actor reports).
         deadline = time.monotonic() + self.start_seconds
-        while not any(w.up for w in self.workers_) and self.workers_ and time.monotonic() < deadline:
+        while not any(w.up for w in self.actors) and self.actors and time.monotonic() < deadline:
             self._poll_starting(timeout=min(5.0, max(0.1, deadline - time.monotonic())))
-        if not any(w.up for w in self.workers_):
-            for w in list(self.workers_):
+        if not any(w.up for w in self.actors):
+            for w in list(self.actors):
                 self._drop(w, replace=False)
             if self.refused:
                 raise WeakIsolation("every node was refused: " + "; ".join(self.refused.values()))
@@ -262,10 +260,10 @@ class RayScheduler(Scheduler):
     def _spawn(self, index: int) -> None:
         handle = self.remote_cls.options(**self.options).remote(
             self.bundle_ref, self.digest, self.cfg, self.device, index, self.extra_args)
-        self.workers_.append(Worker(index, handle, ready_ref=handle.describe.remote(), since=time.monotonic()))
+        self.actors.append(Worker(index, handle, ready_ref=handle.describe.remote(), since=time.monotonic()))
 
     def _poll_starting(self, timeout: float) -> None:
-        starting = {w.ready_ref: w for w in self.workers_ if not w.up}
+        starting = {w.ready_ref: w for w in self.actors if not w.up}
         if not starting:
             return
         done, _ = ray.wait(list(starting), num_returns=1, timeout=timeout)
@@ -285,17 +283,16 @@ class RayScheduler(Scheduler):
             self.errors.append(f"{w.node} unpacked a different bundle")
             self._drop(w, replace=False)
             return
-        if w.node not in self.nodes:
+        if w.node not in self.nodes:  # a node's isolation is checked once, when its first actor reports
             self.nodes[w.node] = info
             self._report_node(w.node, info)
-        missing = list(info.get("missing") or [])
-        if missing:
             try:
-                self._check_isolation(missing, where=f"node {w.node} ({info.get('host')})")
+                self._check_isolation(list(info.get("missing") or []), where=f"node {w.node} ({info.get('host')})")
             except WeakIsolation as exc:
                 self.refused[w.node] = str(exc)
                 print(f"refused node {w.node}: {exc}", file=sys.stderr)
-                self._drop(w, replace=False)
+        if w.node in self.refused:
+            self._drop(w, replace=False)
 
     def _report_node(self, node: str, info: dict) -> None:
         per = info.get("caps", {}).get("per_runner", {})
@@ -313,20 +310,20 @@ class RayScheduler(Scheduler):
             ray.kill(w.handle, no_restart=True)
         except Exception:  # already gone
             pass
-        if w in self.workers_:
-            self.workers_.remove(w)
+        if w in self.actors:
+            self.actors.remove(w)
         if replace and self.spares > 0:
             self.spares -= 1
-            self._spawn(max([x.index for x in self.workers_] + [w.index]) + 1)
+            self._spawn(max([x.index for x in self.actors] + [w.index]) + 1)
 
     # -- running -------------------------------------------------------------------------
     def _loop(self) -> None:
-        while self.queue or any(w.job for w in self.workers_):
-            for w in self.workers_:
+        while self.queue or any(w.job for w in self.actors):
+            for w in self.actors:
                 if w.up and w.job is None and self.queue:
                     self._dispatch_to(w, self._pick(w))
-            busy = {w.ref: w for w in self.workers_ if w.job is not None}
-            starting = {w.ready_ref: w for w in self.workers_ if not w.up}
+            busy = {w.ref: w for w in self.actors if w.job is not None}
+            starting = {w.ready_ref: w for w in self.actors if not w.up}
             if not busy and not starting:
                 self._give_up("no grading actor is left on the Ray cluster")
                 return
@@ -337,7 +334,7 @@ class RayScheduler(Scheduler):
                 else:
                     self._adopt(starting[ref])
             now = time.monotonic()
-            for w in list(self.workers_):
+            for w in list(self.actors):
                 if w.job is not None and now > w.deadline:
                     job = w.job
                     w.job = None
@@ -418,17 +415,17 @@ class RayScheduler(Scheduler):
 
     def _stop_workers(self) -> None:
         closing = []
-        for w in self.workers_:
+        for w in self.actors:
             if w.up and w.job is None:
                 closing.append(w.handle.close.remote())
         if closing:
             ray.wait(closing, num_returns=len(closing), timeout=30)
-        for w in self.workers_:
+        for w in self.actors:
             try:
                 ray.kill(w.handle, no_restart=True)
             except Exception:
                 pass
-        self.workers_ = []
+        self.actors = []
         if self.started_ray:
             ray.shutdown()
 
