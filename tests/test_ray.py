@@ -118,8 +118,8 @@ def _notebooks(d: Path, address: str) -> dict:
     for a in (A01, A02):
         nbs = {"solution": nbmod.read_notebook(Course().source(a)),
                "release": nbmod.read_notebook(Course().release(a))}
-        for name, spec in list(load_variants(a).items())[:2]:
-            nbs[f"variant-{name}"] = make_variant_notebook(a, spec)
+        name, spec = next((n, v) for n, v in load_variants(a).items() if v["breaks"])
+        nbs[f"variant-{name}"] = make_variant_notebook(a, spec)
         for name, nb in nbs.items():
             out[f"{a[:3]}-{name}"] = (a, nb, None)
     src = nbmod.read_notebook(Course().source(A01))
@@ -217,7 +217,7 @@ def test_losing_nodes_mid_batch_charges_nobody_and_a_rerun_grades_the_rest(clust
     course = _course_with_gradebook(tmp_path)
     src = nbmod.read_notebook(course.source(A01))
     slow = copy.deepcopy(src)  # a correct submission that takes a few seconds to load: in flight for sure
-    _cell(slow, "tokenize_impl")[0].source = "import time\ntime.sleep(6)\n" + _cell(slow, "tokenize_impl")[0].source
+    _cell(slow, "tokenize_impl")[0].source = "import time\ntime.sleep(4)\n" + _cell(slow, "tokenize_impl")[0].source
     nbs = {"slow": slow, "solution": src, "release": nbmod.read_notebook(course.release(A01))}
     for name, spec in list(load_variants(A01).items())[:2]:
         nbs[name] = make_variant_notebook(A01, spec)
@@ -265,8 +265,8 @@ def test_losing_nodes_mid_batch_charges_nobody_and_a_rerun_grades_the_rest(clust
 
     workers.extend(c.add_node(num_cpus=1) for _ in range(2))  # the cluster heals; the driver starts again
     c.wait_for_nodes()
-    again = ray_backend.RayScheduler(course, _config(tmp_path), progress=False, on_result=on_result).run(
-        [copy.copy(j) for j in jobs])
+    again = ray_backend.RayScheduler(course, _config(tmp_path), workers=1, progress=False,
+                                     on_result=on_result).run([copy.copy(j) for j in jobs])
     writer.close()
     assert all(r["status"] == "graded" for r in again.values())
     assert {s for s, r in again.items() if not r.get("cached")} == set(nbs) - set(graded)  # only the rest
@@ -287,6 +287,26 @@ def test_a_node_with_weak_isolation_is_refused_with_the_reason(cluster, tmp_path
         ray_backend.RayScheduler(Course(), cfg, progress=False, canary=False).run([job])
     assert "every node was refused" in str(err.value) and "--allow-weak-isolation" in str(err.value)
     assert not (tmp_path / "store" / A01).exists() or not list((tmp_path / "store" / A01).glob("*.json"))
+
+
+def test_a_cuda_batch_uses_the_gpu_ray_assigns_and_never_scores_without_one(cluster, tmp_path):
+    """A node that advertises one GPU (this machine has none): the actor asks Ray for {"GPU": 1}, its
+    sandbox passes Ray's CUDA_VISIBLE_DEVICES on unchanged, and a runner that cannot use CUDA makes
+    the submission "not graded", never a zero."""
+    c, _ = cluster
+    gpu_node = c.add_node(num_cpus=0, num_gpus=1)
+    c.wait_for_nodes()
+    try:
+        sched = ray_backend.RayScheduler(Course(), _config(tmp_path, retries=0), device="cuda", progress=False,
+                                         canary=False)
+        results = sched.run([engine.Job(A01, str(Course().source(A01)), "solution")])
+    finally:
+        c.remove_node(gpu_node)
+    assert sched.options["num_gpus"] == 1 and sched.options["num_cpus"] == 0
+    (info,) = sched.nodes.values()
+    assert info["node_id"] == gpu_node.node_id and info["cuda_visible_devices"] == "0"
+    assert results["solution"]["status"] == "not graded" and not results["solution"]["scores"]
+    assert "CUDA" in results["solution"]["error"] or "GPU" in results["solution"]["error"]
 
 
 def test_the_local_back_end_never_imports_ray():
