@@ -456,3 +456,23 @@ def test_config_has_documented_defaults(tmp_path):
         bad = tmp_path / "bad-config.toml"
         bad.write_text("[limits]\nno_such_limit = 1\n")
         engine.load_config(bad)
+
+
+@pytest.mark.slow
+def test_a_batch_from_a_process_that_used_openmp_threads_does_not_hang(tmp_path):
+    """A harness is forked from the engine; if the engine has run a parallel tensor operation (a
+    notebook or a test suite that grades in-process), the child's first parallel region must not
+    wait for the OpenMP threads that stayed behind in the parent."""
+    if torch.get_num_threads() < 2:
+        torch.set_num_threads(2)
+    x = torch.randn(1024, 4096)
+    x.log_softmax(-1).sum().item()  # the parent now has an OpenMP team
+    a = "a02_rnn_from_scratch"
+    cfg = engine.load_config()
+    cfg["engine"]["results_dir"] = str(tmp_path / "store")
+    cfg["limits"]["submission_seconds"], cfg["engine"]["harness_grace_seconds"] = 90, 10
+    cfg["engine"]["retries"] = 0
+    rep = engine.grade_batch([engine.Job(a, str(Course().source(a)), "s")], cfg=cfg, workers=1,
+                             progress=False, force=True, canary=False)["s"]
+    assert rep["status"] == "graded", rep.get("error")
+    assert rep["scores"] == rep["max_scores"]

@@ -76,7 +76,7 @@ KILL_OWN_RUNNER = '''
 import ctypes, os, signal
 class Vocabulary:
     def __init__(self, tokens, min_freq=1, reserved_tokens=None):
-        os.kill(os.getpid(), signal.SIGKILL)  # ignored where the runner is its PID namespace's init
+        os.kill(os.getpid(), signal.SIGKILL)  # may not end it (a PID namespace's init ignores it)
         ctypes.string_at(0)  # a segmentation fault is not
 '''
 

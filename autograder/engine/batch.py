@@ -261,6 +261,12 @@ def _harness_child(job: Job, slot: Slot, cfg: dict, course: Course, extra_args, 
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _die_with_parent()
+        # One thread, before any tensor operation: an OpenMP pool that the parent used before forking
+        # does not exist in this child, and the first parallel region would wait for it forever.
+        # (It also keeps a harness to its own core, as each runner is.)
+        import torch
+
+        torch.set_num_threads(1)
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
