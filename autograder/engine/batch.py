@@ -210,19 +210,12 @@ def _prewarm_harness(preload=()) -> None:
     harness starts warm (torch's first deterministic-algorithms call alone
     takes seconds; jieba's dictionary, which hidden tests use for references,
     another second)."""
-    import importlib
-
     import pytest  # noqa: F401
     import torch
 
-    for name in preload:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if name == "jieba":
-            module.setLogLevel(60)
-            module.initialize()
+    from ..sandbox.protocol import preload as preload_modules
+
+    preload_modules(preload)
 
     if torch.cuda.is_initialized():
         raise RuntimeError("this process has initialised CUDA, so it cannot fork grading harnesses "

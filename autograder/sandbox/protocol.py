@@ -147,6 +147,22 @@ EXPECTED_NUMERICS = {"deterministic": True, "warn_only": True, "cudnn_benchmark"
                      "cudnn_deterministic": True, "matmul_tf32": False, "cudnn_tf32": False}
 
 
+def preload(names) -> None:
+    """Import ``names`` (config ``[sandbox] preload``) ahead of time, skipping any that is not
+    installed; jieba's dictionary is loaded now rather than at its first ``lcut()``. The fork server
+    does this once for its runners, and the engine once for its harnesses."""
+    import importlib
+
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if name == "jieba":
+            module.setLogLevel(60)
+            module.initialize()
+
+
 def pin_numerics(torch) -> None:
     """Deterministic algorithms, no cuDNN autotuning, no TF32."""
     torch.use_deterministic_algorithms(True, warn_only=True)

@@ -174,14 +174,7 @@ def serve(settings_json: str) -> None:
     # and the preloaded modules (config `preload`) are then shared
     # copy-on-write by every fork. Nothing of a student has run yet.
     protocol.pin_numerics(torch)
-    for name in settings.get("preload", []):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if name == "jieba":
-            module.setLogLevel(60)
-            module.initialize()  # load the dictionary now rather than at the first lcut()
+    protocol.preload(settings.get("preload", []))
     caps = dict(settings["caps"])
     if settings.get("package"):
         try:
